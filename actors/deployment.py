@@ -1,0 +1,203 @@
+"""DeploymentActor: the level-triggered reconciler that keeps every deployment at its replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import ray
+
+from actors.deployment_core import (
+    CreateReplicas,
+    DeploymentPlanner,
+    DeploymentView,
+    RemoveReplica,
+    SetState,
+)
+from actors.runtime import (
+    INVENTORY,
+    Loop,
+    RuntimeConfig,
+    boot_in_background,
+    get_actor,
+    get_pool_actor,
+    setup_logging,
+)
+from actors.states import DEPLOYMENT_ACTIVE, DEPLOYMENT_DELETABLE, DeploymentState
+from controller.records import DeploymentRecord, ModelRecord, ReplicaRecord, new_id
+from controller.storage import Store
+
+log = logging.getLogger(__name__)
+
+REMOVE_RETRY_S = 30.0
+
+
+def workload_for(dep: DeploymentRecord, model: ModelRecord) -> dict[str, Any]:
+    return {
+        "deployment_id": dep.id,
+        "model_name": model.name,
+        "engine": model.engine,
+        "image": model.image,
+        "source": model.source,
+        "args": list(model.args),
+        "env": dict(model.env),
+        "port": model.port,
+        "health_path": model.health_path,
+        "gpus": model.gpus,
+        "inference_key": dep.inference_key,
+    }
+
+
+@ray.remote
+class DeploymentActor:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = RuntimeConfig(**cfg)
+        setup_logging(self.cfg.log_level)
+        self.planner = DeploymentPlanner(
+            replace_grace_s=self.cfg.replace_grace_s, provision_timeout_s=self.cfg.provision_timeout_s
+        )
+        self.store: Store | None = None
+        self._boot_lock = asyncio.Lock()
+        self._loop: Loop | None = None
+        self._removing: dict[str, float] = {}  # node_id -> when removal was last requested
+        self._replica_state: dict[tuple[str, str], str] = {}
+        self.last_reconcile_ms = 0.0
+        self.reconciles = 0
+        boot_in_background(self._boot, "deployments")
+
+    async def _boot(self) -> None:
+        if self._loop is not None:
+            return
+        async with self._boot_lock:
+            if self._loop is not None:
+                return
+            self.store = await Store.connect(self.cfg.dsn, max_size=4)
+            for r in await self.store.list_replicas():
+                self._replica_state[(r.deployment_id, r.node_id)] = r.state
+            self._loop = Loop("deployments.reconcile", self.reconcile, self.cfg.reconcile_interval_s)
+            self._loop.start()
+
+    async def ready(self) -> bool:
+        await self._boot()
+        return True
+
+    async def notify(self) -> None:
+        """Something changed (API call): reconcile now rather than at the next tick."""
+        await self._boot()
+        assert self._loop is not None
+        self._loop.wake.set()
+
+    async def stats(self) -> dict[str, Any]:
+        await self._boot()
+        return {"reconciles": self.reconciles, "last_reconcile_ms": self.last_reconcile_ms}
+
+    async def reconcile(self) -> None:
+        store = self.store
+        assert store is not None
+        t0 = time.perf_counter()
+        active = set(DEPLOYMENT_ACTIVE) | {
+            DeploymentState.STOPPING,
+            DeploymentState.FAILED,
+            DeploymentState.STOPPED,
+        }
+        deps = {d.id: d for d in await store.list_deployments(states=active)}
+        nodes = await get_actor(INVENTORY).nodes.remote(True)
+        views = [DeploymentView(d.id, d.state, d.desired_replicas, d.generation) for d in deps.values()]
+        actions = self.planner.plan(views, nodes)
+        await self._sync_replicas(deps, nodes)
+        models: dict[str, ModelRecord | None] = {}
+        for a in actions:
+            dep = deps.get(a.deployment_id)
+            if dep is None:
+                continue
+            try:
+                if isinstance(a, CreateReplicas):
+                    if dep.model_id not in models:
+                        models[dep.model_id] = await store.get_model(dep.model_id)
+                    model = models[dep.model_id]
+                    if model is not None:
+                        await self._create(dep, model, a.count)
+                elif isinstance(a, RemoveReplica):
+                    await self._remove(dep, a.node_id, a.reason)
+                elif isinstance(a, SetState):
+                    new = await store.cas_deployment(dep.id, [dep.state], a.state, error=a.error)
+                    if new is not None:
+                        log.info("deployment %s: %s -> %s", dep.id, dep.state, a.state)
+                        deps[dep.id] = new
+            except Exception:
+                log.exception("deployment %s: action %s failed", dep.id, a)
+        await self._finish_deletes(deps, nodes)
+        self.reconciles += 1
+        self.last_reconcile_ms = (time.perf_counter() - t0) * 1000
+
+    async def _finish_deletes(self, deps: dict[str, DeploymentRecord], nodes: list[dict[str, Any]]) -> None:
+        """A deployment marked for deletion goes once it is stopped/failed and none of its nodes is left."""
+        assert self.store is not None
+        for dep in deps.values():
+            if not dep.delete_requested or dep.state not in DEPLOYMENT_DELETABLE:
+                continue
+            if any(n.get("deployment_id") == dep.id and n["state"] != "terminated" for n in nodes):
+                continue
+            if await self.store.delete_deployment(dep.id, DEPLOYMENT_DELETABLE):
+                self.planner.forget(dep.id)
+                for key in [k for k in self._replica_state if k[0] == dep.id]:
+                    self._replica_state.pop(key, None)
+                log.info("deployment %s deleted", dep.id)
+
+    async def reset(self, deployment_id: str) -> None:
+        """Forget failure counts (a user restarts a failed deployment)."""
+        await self._boot()
+        self.planner.reset(deployment_id)
+
+    async def _create(self, dep: DeploymentRecord, model: ModelRecord, count: int) -> None:
+        assert self.store is not None
+        pool = get_pool_actor(dep.pool_id, self.cfg)
+        wl = workload_for(dep, model)
+        for _ in range(count):
+            node_id = new_id("node")
+            res = await pool.create_node.remote(node_id, wl)
+            if not res["ok"]:
+                # quota: stays in its state, the reason is shown to the user; retried next round
+                if dep.error != res["error"]:
+                    await self.store.cas_deployment(dep.id, [dep.state], dep.state, error=res["error"])
+                    dep.error = res["error"]
+                return
+            await self.store.upsert_replica(ReplicaRecord(dep.id, node_id, "provisioning", dep.generation))
+            self._replica_state[(dep.id, node_id)] = "provisioning"
+            if dep.error:
+                await self.store.cas_deployment(dep.id, [dep.state], dep.state, error=None)
+                dep.error = None
+
+    async def _remove(self, dep: DeploymentRecord, node_id: str, reason: str) -> None:
+        now = time.monotonic()
+        if now - self._removing.get(node_id, -1e9) < REMOVE_RETRY_S:
+            return
+        self._removing[node_id] = now
+        log.info("deployment %s: removing replica on %s (%s)", dep.id, node_id, reason)
+        await get_pool_actor(dep.pool_id, self.cfg).terminate_node.remote(node_id, reason)
+
+    async def _sync_replicas(self, deps: dict[str, DeploymentRecord], nodes: list[dict[str, Any]]) -> None:
+        """Mirror node states into the replicas table; write only what changed."""
+        assert self.store is not None
+        seen: set[tuple[str, str]] = set()
+        for n in nodes:
+            dep_id = n.get("deployment_id")
+            if dep_id not in deps:
+                continue
+            key = (dep_id, n["id"])
+            seen.add(key)
+            state = n["state"]
+            if state == "terminated":
+                if key in self._replica_state:
+                    await self.store.delete_replica(*key)
+                    self._replica_state.pop(key, None)
+                    self._removing.pop(n["id"], None)
+                continue
+            if self._replica_state.get(key) != state:
+                await self.store.upsert_replica(ReplicaRecord(dep_id, n["id"], state, endpoint=n.get("endpoint")))
+                self._replica_state[key] = state
+        for key in [k for k in self._replica_state if k not in seen and k[0] in deps]:
+            await self.store.delete_replica(*key)
+            self._replica_state.pop(key, None)

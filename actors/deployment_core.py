@@ -1,0 +1,189 @@
+"""The deployment reconciler's decisions, without Ray or I/O.
+
+`plan()` compares each deployment's desired replicas with what the inventory observes and returns
+the actions that close the gap. It is level-triggered and idempotent: running it twice on the same
+observations yields the same actions, and the executor (actors/deployment.py) makes each action
+idempotent too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.states import DeploymentState, NodeState, deployment_can
+
+Clock = Callable[[], float]
+D = DeploymentState
+
+ALIVE = {NodeState.PROVISIONING, NodeState.READY, NodeState.UNHEALTHY}
+
+
+@dataclass(frozen=True)
+class CreateReplicas:
+    deployment_id: str
+    count: int
+
+
+@dataclass(frozen=True)
+class RemoveReplica:
+    deployment_id: str
+    node_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SetState:
+    deployment_id: str
+    state: DeploymentState
+    error: str | None = None
+
+
+Action = CreateReplicas | RemoveReplica | SetState
+
+
+@dataclass
+class DeploymentView:
+    id: str
+    state: DeploymentState
+    desired: int
+    generation: int = 1
+
+
+@dataclass
+class _Track:
+    failures: int = 0
+    last_error: str | None = None
+    next_create_at: float = 0.0
+    counted: set[str] = field(default_factory=set)
+
+
+class DeploymentPlanner:
+    def __init__(
+        self,
+        *,
+        replace_grace_s: float = 0.0,
+        provision_timeout_s: float = 600.0,
+        max_failures: int = 3,
+        backoff_base_s: float = 2.0,
+        backoff_max_s: float = 60.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.replace_grace_s = replace_grace_s
+        self.provision_timeout_s = provision_timeout_s
+        self.max_failures = max_failures
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.clock = clock
+        self._track: dict[str, _Track] = {}
+
+    def forget(self, deployment_id: str) -> None:
+        self._track.pop(deployment_id, None)
+
+    def record_failure(self, deployment_id: str, node_id: str, reason: str | None) -> None:
+        t = self._track.setdefault(deployment_id, _Track())
+        if node_id in t.counted:
+            return
+        t.counted.add(node_id)
+        t.failures += 1
+        t.last_error = reason
+        delay = min(self.backoff_max_s, self.backoff_base_s * (2 ** (t.failures - 1)))
+        t.next_create_at = self.clock() + delay
+
+    def reset(self, deployment_id: str) -> None:
+        self._track[deployment_id] = _Track()
+
+    def plan(self, deps: list[DeploymentView], nodes: list[dict[str, Any]]) -> list[Action]:
+        now = self.clock()
+        by_dep: dict[str, list[dict[str, Any]]] = {}
+        for n in nodes:
+            if n.get("deployment_id"):
+                by_dep.setdefault(n["deployment_id"], []).append(n)
+        actions: list[Action] = []
+        for d in deps:
+            actions.extend(self._plan_one(d, by_dep.get(d.id, []), now))
+        return actions
+
+    def _plan_one(self, d: DeploymentView, nodes: list[dict[str, Any]], now: float) -> list[Action]:
+        out: list[Action] = []
+        track = self._track.setdefault(d.id, _Track())
+        live = [n for n in nodes if NodeState(n["state"]) in ALIVE]
+
+        if d.state in (D.STOPPING, D.STOPPED, D.FAILED):
+            leftover = [n for n in nodes if NodeState(n["state"]) in ALIVE or NodeState(n["state"]) == NodeState.FAILED]
+            for n in leftover:
+                out.append(RemoveReplica(d.id, n["id"], f"deployment {d.state}"))
+            if (
+                d.state == D.STOPPING
+                and not leftover
+                and not any(NodeState(n["state"]) == NodeState.DRAINING for n in nodes)
+            ):
+                out.append(SetState(d.id, D.STOPPED))
+            return out
+
+        # failed nodes count against the deployment and are cleaned up
+        for n in nodes:
+            if NodeState(n["state"]) == NodeState.FAILED:
+                self.record_failure(d.id, n["id"], n.get("reason"))
+                out.append(RemoveReplica(d.id, n["id"], n.get("reason") or "node failed"))
+
+        keep: list[dict[str, Any]] = []
+        for n in live:
+            state = NodeState(n["state"])
+            in_state = float(n.get("seconds_in_state") or 0.0)
+            if state == NodeState.UNHEALTHY and in_state >= self.replace_grace_s:
+                out.append(RemoveReplica(d.id, n["id"], f"unhealthy: {n.get('reason') or 'missed heartbeats'}"))
+                continue
+            if state == NodeState.PROVISIONING and in_state >= self.provision_timeout_s:
+                reason = f"did not become ready within {self.provision_timeout_s:.0f}s"
+                self.record_failure(d.id, n["id"], reason)
+                out.append(RemoveReplica(d.id, n["id"], reason))
+                continue
+            keep.append(n)
+
+        ready = [n for n in keep if NodeState(n["state"]) == NodeState.READY and n.get("engine_ready")]
+        if ready:
+            track.failures = 0
+            track.counted.clear()
+            track.next_create_at = 0.0
+
+        if track.failures >= self.max_failures and not ready:
+            msg = f"{track.failures} replicas failed; last error: {track.last_error or 'unknown'}"
+            for n in keep:
+                out.append(RemoveReplica(d.id, n["id"], "deployment failed"))
+            if deployment_can(d.state, D.FAILED):
+                out.append(SetState(d.id, D.FAILED, msg))
+            return out
+
+        # scale
+        missing = d.desired - len(keep)
+        if missing > 0 and now >= track.next_create_at:
+            out.append(CreateReplicas(d.id, missing))
+        elif missing < 0:
+            # remove surplus: not-ready first, newest first
+            surplus = sorted(
+                keep,
+                key=lambda n: (
+                    NodeState(n["state"]) == NodeState.READY,
+                    float(n.get("seconds_in_state") or 0),
+                ),
+            )[:-missing]
+            for n in surplus:
+                out.append(RemoveReplica(d.id, n["id"], "scaled down"))
+
+        # state
+        target = self._state_for(d, len(ready))
+        if target is not None and target != d.state and deployment_can(d.state, target):
+            out.append(SetState(d.id, target, None))
+        return out
+
+    def _state_for(self, d: DeploymentView, ready: int) -> DeploymentState | None:
+        if d.state == D.PENDING:
+            return D.DEPLOYING
+        if ready >= d.desired:
+            return D.RUNNING
+        if d.state in (D.RUNNING, D.DEGRADED):
+            return D.DEGRADED
+        return None

@@ -1,0 +1,188 @@
+"""InventoryActor: the Ray shell around InventoryCore (heartbeats, health sweep, routing table)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import ray
+
+from actors.inventory_core import Heartbeat, InventoryCore
+from actors.runtime import Loop, RuntimeConfig, boot_in_background, setup_logging
+from actors.states import NODE_ALIVE, NodeState
+from controller.bus import EventBus
+from controller.storage import Store
+
+log = logging.getLogger(__name__)
+
+# terminated nodes are kept this long so their late heartbeats are answered 410, then forgotten
+TERMINATED_RETENTION_S = 600.0
+
+
+@ray.remote
+class InventoryActor:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = RuntimeConfig(**cfg)
+        setup_logging(self.cfg.log_level)
+        self.core = InventoryCore(self.cfg.heartbeat_timeout_s, sweeping=False)
+        self.store: Store | None = None
+        self.bus: EventBus | None = None
+        self._boot_lock = asyncio.Lock()
+        self._booted = False
+        self._changed = asyncio.Condition()
+        self._publish_wanted = asyncio.Event()
+        self._loops: list[Loop] = []
+        self._published_version = 0
+        self.sweep_ms = 0.0
+        boot_in_background(self._boot, "inventory")
+
+    async def _boot(self) -> None:
+        if self._booted:
+            return
+        async with self._boot_lock:
+            if self._booted:
+                return
+            self.store = await Store.connect(self.cfg.dsn, max_size=4)
+            self.bus = EventBus.from_url(self.cfg.redis_url)
+            # rebuild from Postgres; "unknown is not dead": a node ready before the restart stays routable
+            # until it misses heartbeats for the usual timeout, counted from now.
+            for rec in await self.store.list_nodes(states=NODE_ALIVE):
+                e = self.core.register(
+                    {
+                        "id": rec.id,
+                        "pool_id": rec.pool_id,
+                        "provider": rec.provider,
+                        "state": rec.state,
+                        "token_hash": rec.token_hash,
+                        "deployment_id": rec.deployment_id,
+                        "model_name": (rec.resources or {}).get("model_name"),
+                        "served_model": (rec.resources or {}).get("served_model"),
+                        "endpoint": rec.endpoint,
+                        "provider_instance_id": rec.provider_instance_id,
+                    }
+                )
+                e.engine_ready = rec.state == NodeState.READY
+                e.health_score = rec.health_score
+            self.core.refresh_routes()
+            sweep_every = min(0.25, self.cfg.heartbeat_interval_s / 4)
+            self._loops = [
+                Loop("inventory.sweep", self._sweep, sweep_every),
+                Loop("inventory.flush", self._flush, 0.5),
+                Loop("inventory.publish", self._publish, 5.0),
+            ]
+            for lp in self._loops:
+                lp.start()
+            self._booted = True
+            self._publish_wanted.set()
+            log.info("inventory ready with %d nodes", len(self.core.nodes))
+
+    # ------------------------------------------------------------ loops
+    async def _after_change(self) -> None:
+        if self.core.refresh_routes():
+            async with self._changed:
+                self._changed.notify_all()
+            self._publish_wanted.set()
+            self._loops[2].wake.set()
+
+    async def _sweep(self) -> None:
+        t0 = time.perf_counter()
+        self.core.sweep()
+        now = self.core.clock()
+        for e in list(self.core.nodes.values()):
+            if e.state == NodeState.TERMINATED and now - e.state_since > TERMINATED_RETENTION_S:
+                self.core.forget(e.id)
+        await self._after_change()
+        self.sweep_ms = (time.perf_counter() - t0) * 1000
+
+    async def _flush(self) -> None:
+        assert self.store is not None
+        states, beats = self.core.take_writes()
+        if not states and not beats:
+            return
+        try:
+            await self.store.apply_node_transitions(states)
+            await self.store.flush_heartbeats(beats)
+        except Exception:
+            self.core.restore_writes(states, beats)
+            raise
+        if self.bus is not None:
+            for node_id, _, new, reason in states:
+                await self.bus.emit("node." + str(new), {"node_id": node_id, "reason": reason})
+
+    async def _publish(self) -> None:
+        if not self._publish_wanted.is_set() or self.bus is None:
+            return
+        self._publish_wanted.clear()
+        table = self.core.routing_table()
+        if not await self.bus.publish_routing(table):
+            self._publish_wanted.set()  # redis down: try again next round
+        else:
+            self._published_version = table["version"]
+
+    # ------------------------------------------------------------ API
+    async def ready(self) -> bool:
+        await self._boot()
+        return True
+
+    async def ingress_started(self) -> None:
+        """Called by each API replica when it starts: begin (or restart) counting missed heartbeats."""
+        await self._boot()
+        self.core.grace_all()
+
+    async def register(self, info: dict[str, Any]) -> None:
+        await self._boot()
+        self.core.register(info)
+        await self._after_change()
+
+    async def transition(self, node_id: str, state: str, reason: str | None = None) -> bool:
+        await self._boot()
+        ok = self.core.transition(node_id, NodeState(state), reason)
+        await self._after_change()
+        return ok
+
+    async def heartbeats(self, beats: list[dict[str, Any]]) -> list[tuple[int, str | None, str | None]]:
+        """One call per batch of heartbeats; returns (status, node_id, message) per heartbeat."""
+        await self._boot()
+        results = self.core.heartbeat_batch(Heartbeat(**b) for b in beats)
+        await self._after_change()
+        return [(int(r.status), r.node_id, r.message) for r in results]
+
+    async def routing_table(self) -> dict[str, Any]:
+        await self._boot()
+        return self.core.routing_table()
+
+    async def wait_routing(self, known_version: int, timeout_s: float) -> dict[str, Any]:
+        """Long-poll: answers as soon as the version differs from known_version, or at the timeout."""
+        await self._boot()
+        if self.core.version == known_version:
+            async with self._changed:
+                try:
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: self.core.version != known_version), timeout_s
+                    )
+                except TimeoutError:
+                    pass
+        return self.core.routing_table()
+
+    async def nodes(self, deployment_only: bool = False) -> list[dict[str, Any]]:
+        await self._boot()
+        return self.core.snapshot(deployment_only)
+
+    async def node(self, node_id: str) -> dict[str, Any] | None:
+        await self._boot()
+        e = self.core.nodes.get(node_id)
+        return e.view(self.core.clock()) if e else None
+
+    async def stats(self) -> dict[str, Any]:
+        await self._boot()
+        return {
+            "nodes_by_state": self.core.counts(),
+            "heartbeats_total": self.core.heartbeats_total,
+            "transitions_total": self.core.transitions_total,
+            "routing_version": self.core.version,
+            "published_version": self._published_version,
+            "redis_healthy": bool(self.bus and self.bus.healthy),
+            "sweep_ms": self.sweep_ms,
+        }

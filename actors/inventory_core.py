@@ -1,0 +1,336 @@
+"""The inventory's logic without Ray: heartbeats, health sweep, node states and the routing table.
+
+Driven by an injected clock so unit tests step time by hand. The Ray actor (actors/inventory.py)
+is a thin shell that feeds it heartbeat batches, runs `sweep()` in a loop and flushes
+`take_writes()` to Postgres in batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Any
+
+from actors.states import NODE_TERMINAL, NodeState, node_can
+from controller.records import secret_matches
+
+Clock = Callable[[], float]
+
+
+class HeartbeatStatus(IntEnum):
+    OK = 200
+    FORBIDDEN = 403
+    NOT_FOUND = 404
+    GONE = 410
+
+
+@dataclass
+class Heartbeat:
+    """One node's report. `token` is the node's own token (checked against its hash)."""
+
+    token: str | None
+    node_id: str | None = None
+    provider: str | None = None
+    provider_instance_id: str | None = None
+    previous_provider_instance_id: str | None = None
+    state: str = "ready"  # starting | ready | failed
+    health_score: int = 100
+    endpoint: str | None = None
+    reason: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NodeEntry:
+    id: str
+    pool_id: str
+    provider: str
+    state: NodeState
+    token_hash: str
+    deployment_id: str | None = None
+    model_name: str | None = None
+    served_model: str | None = None
+    endpoint: str | None = None
+    provider_instance_id: str | None = None
+    last_seen: float = 0.0
+    state_since: float = 0.0
+    health_score: int | None = None
+    engine_ready: bool = False
+    reason: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def view(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "pool_id": self.pool_id,
+            "provider": self.provider,
+            "state": str(self.state),
+            "deployment_id": self.deployment_id,
+            "model_name": self.model_name,
+            "endpoint": self.endpoint,
+            "provider_instance_id": self.provider_instance_id,
+            "health_score": self.health_score,
+            "engine_ready": self.engine_ready,
+            "reason": self.reason,
+            "seconds_since_heartbeat": round(now - self.last_seen, 3) if self.last_seen else None,
+            "seconds_in_state": round(now - self.state_since, 3),
+            "metrics": self.metrics,
+        }
+
+
+@dataclass
+class HeartbeatResult:
+    status: HeartbeatStatus
+    node_id: str | None = None
+    message: str | None = None
+
+
+class InventoryCore:
+    def __init__(
+        self,
+        heartbeat_timeout_s: float,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
+        sweeping: bool = True,
+    ) -> None:
+        self.timeout = heartbeat_timeout_s
+        self.clock = clock
+        self.wall = wall
+        self.nodes: dict[str, NodeEntry] = {}
+        self._by_instance: dict[tuple[str, str], str] = {}
+        # pending writes: node_id -> (expected states, new state, reason); node_id -> (wall time, score)
+        self._state_writes: dict[str, tuple[tuple[NodeState, ...], NodeState, str | None]] = {}
+        self._beat_writes: dict[str, tuple[datetime, int | None]] = {}
+        self.version = int(wall() * 1000)  # monotonic across restarts as long as the wall clock is
+        self._routes: dict[str, list[dict[str, Any]]] = {}
+        self._dirty = True
+        # paused until the heartbeat ingress is up: "unknown is not dead"
+        self.sweeping = sweeping
+        self.heartbeats_total = 0
+        self.transitions_total = 0
+
+    # ------------------------------------------------------------ registration
+    def register(self, info: dict[str, Any]) -> NodeEntry:
+        """Add or refresh a node (idempotent). A terminated node stays terminated."""
+        now = self.clock()
+        node_id = info["id"]
+        entry = self.nodes.get(node_id)
+        if entry is None:
+            entry = NodeEntry(
+                id=node_id,
+                pool_id=info["pool_id"],
+                provider=info["provider"],
+                state=NodeState(info.get("state", NodeState.PROVISIONING)),
+                token_hash=info["token_hash"],
+                last_seen=now,
+                state_since=now,
+            )
+            self.nodes[node_id] = entry
+        for key in ("deployment_id", "model_name", "served_model", "endpoint", "provider_instance_id"):
+            if info.get(key) is not None:
+                setattr(entry, key, info[key])
+        if info.get("token_hash"):
+            entry.token_hash = info["token_hash"]
+        if entry.provider_instance_id:
+            self._by_instance[(entry.provider, entry.provider_instance_id)] = node_id
+        self._dirty = True
+        return entry
+
+    def forget(self, node_id: str) -> None:
+        entry = self.nodes.pop(node_id, None)
+        if entry and entry.provider_instance_id:
+            self._by_instance.pop((entry.provider, entry.provider_instance_id), None)
+        self._dirty = True
+
+    # ------------------------------------------------------------ transitions
+    def transition(self, node_id: str, to: NodeState, reason: str | None = None) -> bool:
+        """Explicit, validated transition; False when illegal or unknown (idempotent: same state is True)."""
+        entry = self.nodes.get(node_id)
+        if entry is None:
+            return False
+        if entry.state == to:
+            if reason and entry.reason != reason:
+                entry.reason = reason
+            return True
+        if not node_can(entry.state, to):
+            return False
+        prev = entry.state
+        entry.state = to
+        entry.reason = reason
+        entry.state_since = self.clock()
+        if to != NodeState.READY:
+            entry.engine_ready = entry.engine_ready and to == NodeState.PROVISIONING
+        # CAS in the database: only from the state we moved from (or an earlier pending one)
+        pending = self._state_writes.get(node_id)
+        expected = (pending[0] if pending else ()) + (prev,)
+        self._state_writes[node_id] = (tuple(dict.fromkeys(expected)), to, reason)
+        self.transitions_total += 1
+        self._dirty = True
+        return True
+
+    # ------------------------------------------------------------ heartbeats
+    def _resolve(self, hb: Heartbeat) -> NodeEntry | None:
+        if hb.node_id:
+            return self.nodes.get(hb.node_id)
+        if hb.provider and hb.provider_instance_id:
+            node_id = self._by_instance.get((hb.provider, hb.provider_instance_id))
+            if node_id is None and hb.previous_provider_instance_id:
+                node_id = self._by_instance.get((hb.provider, hb.previous_provider_instance_id))
+            return self.nodes.get(node_id) if node_id else None
+        return None
+
+    def heartbeat(self, hb: Heartbeat) -> HeartbeatResult:
+        entry = self._resolve(hb)
+        if entry is None:
+            return HeartbeatResult(HeartbeatStatus.NOT_FOUND, hb.node_id, "unknown node")
+        if not secret_matches(hb.token, entry.token_hash):
+            return HeartbeatResult(HeartbeatStatus.FORBIDDEN, entry.id, "token does not match this node")
+        if entry.state in NODE_TERMINAL or entry.state == NodeState.FAILED:
+            return HeartbeatResult(HeartbeatStatus.GONE, entry.id, f"node is {entry.state}")
+        if entry.state == NodeState.DRAINING:  # keeps serving in-flight work until deprovisioned; never routed
+            entry.last_seen = self.clock()
+            return HeartbeatResult(HeartbeatStatus.OK, entry.id)
+        self.heartbeats_total += 1
+        now = self.clock()
+        entry.last_seen = now
+        entry.health_score = max(0, min(100, int(hb.health_score)))
+        if hb.metrics:
+            entry.metrics = hb.metrics
+        # identity kept across a provider-side redeploy (new instance id reported with the old one)
+        if hb.provider_instance_id and hb.provider_instance_id != entry.provider_instance_id:
+            if entry.provider_instance_id:
+                self._by_instance.pop((entry.provider, entry.provider_instance_id), None)
+            entry.provider_instance_id = hb.provider_instance_id
+            self._by_instance[(entry.provider, hb.provider_instance_id)] = entry.id
+            self._dirty = True
+        if hb.endpoint and hb.endpoint != entry.endpoint:
+            entry.endpoint = hb.endpoint
+            self._dirty = True
+        self._beat_writes[entry.id] = (datetime.fromtimestamp(self.wall(), UTC), entry.health_score)
+        if hb.state == "ready":
+            if not entry.engine_ready:
+                entry.engine_ready = True
+                self._dirty = True
+            if entry.state in (NodeState.PROVISIONING, NodeState.UNHEALTHY):
+                self.transition(entry.id, NodeState.READY)
+        elif hb.state == "failed":
+            entry.engine_ready = False
+            self._dirty = True
+            if entry.state == NodeState.READY:
+                self.transition(entry.id, NodeState.UNHEALTHY, hb.reason or "node reported failure")
+            elif entry.state == NodeState.PROVISIONING:  # never came up: counts as a failed replica
+                self.transition(entry.id, NodeState.FAILED, hb.reason or "node reported failure")
+        else:  # starting
+            if entry.engine_ready:
+                entry.engine_ready = False
+                self._dirty = True
+        return HeartbeatResult(HeartbeatStatus.OK, entry.id)
+
+    def heartbeat_batch(self, beats: Iterable[Heartbeat]) -> list[HeartbeatResult]:
+        return [self.heartbeat(b) for b in beats]
+
+    # ------------------------------------------------------------ health sweep
+    def grace_all(self) -> None:
+        """The heartbeat ingress (re)started: heartbeats could not arrive before, so count from now."""
+        now = self.clock()
+        for e in self.nodes.values():
+            e.last_seen = max(e.last_seen, now)
+        self.sweeping = True
+
+    def sweep(self) -> list[str]:
+        """Mark nodes whose heartbeats stopped as unhealthy; returns the ids that changed."""
+        if not self.sweeping:
+            return []
+        now = self.clock()
+        deadline = now - self.timeout
+        changed = []
+        for entry in self.nodes.values():
+            if entry.state == NodeState.READY and entry.last_seen < deadline:
+                missed = now - entry.last_seen
+                if self.transition(entry.id, NodeState.UNHEALTHY, f"no heartbeat for {missed:.1f}s"):
+                    changed.append(entry.id)
+        return changed
+
+    # ------------------------------------------------------------ routing table
+    def _build_routes(self) -> dict[str, list[dict[str, Any]]]:
+        routes: dict[str, list[dict[str, Any]]] = {}
+        for e in self.nodes.values():
+            if e.state != NodeState.READY or not e.engine_ready or not e.endpoint or not e.model_name:
+                continue
+            routes.setdefault(e.model_name, []).append(
+                {
+                    "deployment_id": e.deployment_id,
+                    "node_id": e.id,
+                    "pool_id": e.pool_id,
+                    "endpoint": e.endpoint,
+                    "served_model": e.served_model or e.model_name,
+                    "health_score": e.health_score,
+                }
+            )
+        for entries in routes.values():
+            entries.sort(key=lambda r: r["node_id"])
+        return routes
+
+    def refresh_routes(self) -> bool:
+        """Rebuild when something changed; bump the version only if the content changed."""
+        if not self._dirty:
+            return False
+        self._dirty = False
+        new = self._build_routes()
+        if _strip_scores(new) == _strip_scores(self._routes):
+            self._routes = new
+            return False
+        self._routes = new
+        self.version += 1
+        return True
+
+    def routing_table(self) -> dict[str, Any]:
+        self.refresh_routes()
+        return {"version": self.version, "models": self._routes}
+
+    # ------------------------------------------------------------ persistence
+    def take_writes(
+        self,
+    ) -> tuple[list[tuple[str, tuple[NodeState, ...], NodeState, str | None]], list[tuple[str, datetime, int | None]]]:
+        states = [(k, exp, new, reason) for k, (exp, new, reason) in self._state_writes.items()]
+        beats = [(k, at, score) for k, (at, score) in self._beat_writes.items()]
+        self._state_writes.clear()
+        self._beat_writes.clear()
+        return states, beats
+
+    def restore_writes(
+        self,
+        states: list[tuple[str, tuple[NodeState, ...], NodeState, str | None]],
+        beats: list[tuple[str, datetime, int | None]],
+    ) -> None:
+        """Put back writes that failed to flush (Postgres down); newer pending ones win."""
+        for k, exp, new, reason in states:
+            cur = self._state_writes.get(k)
+            if cur is None:
+                self._state_writes[k] = (exp, new, reason)
+            else:  # a newer transition is pending: it must also match what the database still holds
+                self._state_writes[k] = (tuple(dict.fromkeys(exp + cur[0])), cur[1], cur[2])
+        for k, at, score in beats:
+            self._beat_writes.setdefault(k, (at, score))
+
+    # ------------------------------------------------------------ views
+    def snapshot(self, deployment_only: bool = False) -> list[dict[str, Any]]:
+        now = self.clock()
+        return [e.view(now) for e in self.nodes.values() if not deployment_only or e.deployment_id]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in self.nodes.values():
+            out[str(e.state)] = out.get(str(e.state), 0) + 1
+        return out
+
+
+def _strip_scores(routes: dict[str, list[dict[str, Any]]]) -> dict[str, list[tuple[Any, ...]]]:
+    # health-score jitter alone does not publish a new version
+    return {
+        m: [(r["deployment_id"], r["node_id"], r["endpoint"], r["served_model"]) for r in rs]
+        for m, rs in routes.items()
+    }

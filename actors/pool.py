@@ -1,0 +1,187 @@
+"""PoolActor: one Ray actor per compute pool, hosting a lightweight node actor per node."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict
+from typing import Any
+
+import ray
+
+from actors.pool_core import PoolManager, QuotaExceeded
+from actors.runtime import INVENTORY, Loop, RuntimeConfig, boot_in_background, get_actor, setup_logging
+from actors.states import NODE_ALIVE, NodeState, PoolState
+from adapters.base import PermanentProviderError, ProviderError, WorkloadSpec
+from adapters.registry import create_adapter
+from controller.records import new_secret
+from controller.storage import Store
+
+log = logging.getLogger(__name__)
+
+PROVIDER_RECONCILE_S = 10.0
+
+
+class RayInventory:
+    """InventoryPort over the inventory actor's handle."""
+
+    def __init__(self) -> None:
+        self.handle = get_actor(INVENTORY)
+
+    async def register(self, info: dict[str, Any]) -> None:
+        await self.handle.register.remote(info)
+
+    async def transition(self, node_id: str, state: NodeState, reason: str | None) -> bool:
+        return bool(await self.handle.transition.remote(node_id, str(state), reason))
+
+
+@ray.remote
+class PoolActor:
+    def __init__(self, pool_id: str, cfg: dict[str, Any]) -> None:
+        self.pool_id = pool_id
+        self.cfg = RuntimeConfig(**cfg)
+        setup_logging(self.cfg.log_level)
+        self.manager: PoolManager | None = None
+        self.store: Store | None = None
+        self._boot_lock = asyncio.Lock()
+        self._loop: Loop | None = None
+        boot_in_background(self._boot_unless_gone, f"pool.{pool_id}")
+
+    async def _boot(self) -> PoolManager:
+        if self.manager is not None:
+            return self.manager
+        async with self._boot_lock:
+            if self.manager is not None:
+                return self.manager
+            self.store = await Store.connect(self.cfg.dsn, max_size=3)
+            pool = await self.store.get_pool(self.pool_id)
+            if pool is None:
+                raise PermanentProviderError(f"pool {self.pool_id} does not exist")
+            adapter = create_adapter(pool.provider, pool.id, pool.provider_config, self.cfg.data_dir)
+            token_key = await self.store.get_or_create_secret("node_token_key", lambda: new_secret("ntk"))
+            manager = PoolManager(
+                pool,
+                adapter,
+                self.store,
+                RayInventory(),
+                token_key=token_key,
+                heartbeat_url=self.cfg.heartbeat_url,
+                heartbeat_interval_s=self.cfg.heartbeat_interval_s,
+            )
+            await manager.start()
+            self.manager = manager
+            self._loop = Loop(f"pool.{self.pool_id}", self._tick, PROVIDER_RECONCILE_S)
+            self._loop.start()
+            log.info("pool %s (%s) ready with %d nodes", pool.name, pool.provider, len(manager.nodes))
+            return manager
+
+    async def _boot_unless_gone(self) -> None:
+        try:
+            await self._boot()
+        except PermanentProviderError as exc:  # deleted pool, provider not installed: nothing to retry
+            log.warning("pool %s not started: %s", self.pool_id, exc)
+
+    async def _tick(self) -> None:
+        m = self.manager
+        if m is None or self.store is None:
+            return
+        fresh = await self.store.get_pool(self.pool_id)
+        if fresh is not None:
+            m.pool.target_nodes = fresh.target_nodes
+            m.pool.max_nodes = fresh.max_nodes
+            m.pool.min_nodes = fresh.min_nodes
+        await m.reconcile_provider()
+        if m.pool.state == PoolState.ACTIVE:
+            await m.scale_idle()
+
+    # ------------------------------------------------------------ API (all idempotent)
+    async def ready(self) -> bool:
+        await self._boot()
+        return True
+
+    async def create_node(self, node_id: str, workload: dict[str, Any] | None) -> dict[str, Any]:
+        m = await self._boot()
+        spec = None
+        if workload is not None:
+            w = dict(workload)
+            w["args"] = tuple(w.get("args") or ())
+            spec = WorkloadSpec(**w)
+        try:
+            return {"ok": True, "node": await m.create_node(node_id, spec)}
+        except QuotaExceeded as exc:
+            return {"ok": False, "error": str(exc)}
+
+    async def terminate_node(self, node_id: str, reason: str | None = None) -> bool:
+        m = await self._boot()
+        return await m.terminate_node(node_id, reason)
+
+    async def drain_node(self, node_id: str, reason: str | None = None) -> bool:
+        m = await self._boot()
+        return await m.drain_node(node_id, reason)
+
+    async def get_logs(self, node_id: str, tail: int = 100) -> list[str]:
+        m = await self._boot()
+        try:
+            return await m.get_logs(node_id, tail)
+        except ProviderError as exc:
+            return [f"logs unavailable: {exc}"]
+
+    async def scale(self, target: int) -> list[str]:
+        m = await self._boot()
+        m.pool.target_nodes = target
+        return await m.scale_idle()
+
+    async def discover(self) -> list[dict[str, Any]]:
+        m = await self._boot()
+        return [asdict(o) for o in await m.adapter.discover_resources()]
+
+    async def reconcile_now(self) -> dict[str, list[str]]:
+        m = await self._boot()
+        return await m.reconcile_provider()
+
+    async def summary(self) -> dict[str, Any]:
+        m = await self._boot()
+        return m.summary()
+
+    async def delete_pool(self) -> bool:
+        """Terminate every node, wait for them to be gone, mark the pool deleted. Idempotent."""
+        m = await self._boot()
+        assert self.store is not None
+        await self.store.set_pool_state(self.pool_id, PoolState.DELETING, [PoolState.ACTIVE, PoolState.DELETING])
+        m.pool.state = PoolState.DELETING
+        m.pool.target_nodes = 0
+        for node_id in list(m.nodes):
+            await m.terminate_node(node_id, "pool deleted")
+        for _ in range(600):
+            if not m.nodes:
+                break
+            await asyncio.sleep(0.1)
+        if m.nodes:
+            return False
+        left = await self.store.list_nodes(self.pool_id, NODE_ALIVE)
+        if left:
+            return False
+        await self.store.set_pool_state(self.pool_id, PoolState.DELETED, [PoolState.DELETING])
+        return True
+
+    async def terminate_all(self, reason: str) -> int:
+        """Terminate every node of this pool and wait (bounded) until they are gone."""
+        m = await self._boot()
+        if self._loop and self._loop.task:
+            self._loop.task.cancel()  # no idle-node scaling while we stop
+        m.pool.target_nodes = m.pool.min_nodes = 0
+        for node_id in list(m.nodes):
+            await m.terminate_node(node_id, reason)
+        for _ in range(600):
+            if not m.nodes:
+                break
+            await asyncio.sleep(0.1)
+        return len(m.nodes)
+
+    async def shutdown(self) -> None:
+        if self._loop and self._loop.task:
+            self._loop.task.cancel()
+        if self.manager:
+            await self.manager.shutdown()
+        if self.store:
+            await self.store.close()

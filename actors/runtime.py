@@ -1,0 +1,139 @@
+"""What every actor needs to know about the running control plane, and how to find the actors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import ray
+
+NAMESPACE = "inferia"
+INVENTORY = "inventory"
+DEPLOYMENTS = "deployments"
+
+
+def pool_actor_name(pool_id: str) -> str:
+    return f"pool:{pool_id}"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Serializable; handed to every actor's constructor (and re-used by Ray on actor restart)."""
+
+    dsn: str
+    redis_url: str
+    data_dir: str
+    public_url: str
+    heartbeat_interval_s: float = 5.0
+    heartbeat_misses: int = 3
+    replace_grace_s: float = 0.0
+    provision_timeout_s: float = 600.0
+    reconcile_interval_s: float = 1.0
+    log_level: str = "INFO"
+
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        return self.heartbeat_interval_s * self.heartbeat_misses
+
+    @property
+    def heartbeat_url(self) -> str:
+        return self.public_url.rstrip("/") + "/inventory/heartbeat"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def actor_options(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": NAMESPACE,
+        "lifetime": "detached",
+        "max_restarts": -1,
+        "max_task_retries": -1,
+        "num_cpus": 0,
+        "max_concurrency": 10_000,
+        "get_if_exists": True,
+    }
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def get_actor(name: str) -> Any:
+    return ray.get_actor(name, namespace=NAMESPACE)
+
+
+def get_pool_actor(pool_id: str, cfg: RuntimeConfig | None = None) -> Any:
+    """The pool's actor; created when missing and cfg is given (idempotent: get_if_exists)."""
+    try:
+        return ray.get_actor(pool_actor_name(pool_id), namespace=NAMESPACE)
+    except ValueError:
+        if cfg is None:
+            raise
+    from actors.pool import PoolActor
+
+    return PoolActor.options(**actor_options(pool_actor_name(pool_id))).remote(pool_id, cfg.to_dict())  # type: ignore[attr-defined]
+
+
+async def call(ref: Any, timeout_s: float = 30.0) -> Any:
+    """Await an ObjectRef with a timeout (never block an event loop on ray.get)."""
+    return await asyncio.wait_for(ref, timeout_s)
+
+
+def boot_in_background(boot: Any, name: str) -> None:
+    """From an async actor's __init__: boot now (Ray restarts an actor by re-running __init__, and no one
+    may call it for a while), retrying until it works. Methods still await boot() themselves."""
+
+    async def run() -> None:
+        delay = 0.5
+        while True:
+            try:
+                await boot()
+                return
+            except Exception as exc:
+                logging.getLogger(name).warning("boot failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    asyncio.get_event_loop().create_task(run())
+
+
+class Loop:
+    """A background loop that cannot die: exceptions are logged and the step runs again."""
+
+    def __init__(self, name: str, step: Any, interval_s: float) -> None:
+        self.name, self.step, self.interval_s = name, step, interval_s
+        self.task: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()
+        self.last_duration_s = 0.0
+        self.runs = 0
+        self.errors = 0
+
+    def start(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name=self.name)
+
+    async def _run(self) -> None:
+        log = logging.getLogger(f"loop.{self.name}")
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.errors += 1
+                log.exception("step failed; continuing")
+            self.runs += 1
+            self.last_duration_s = loop.time() - t0
+            try:
+                await asyncio.wait_for(self.wake.wait(), self.interval_s)
+            except TimeoutError:
+                pass
+            self.wake.clear()

@@ -1,0 +1,274 @@
+"""Boot and stop the control plane: storage, Redis, Ray, the actors and the Serve API.
+
+After any restart every actor rebuilds its state from Postgres and then from provider truth;
+boot only makes sure the actors exist (detached, named, get-if-exists) and waits until they answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from actors.runtime import DEPLOYMENTS, INVENTORY, NAMESPACE, RuntimeConfig, actor_options, get_pool_actor
+from actors.states import PoolState
+from controller.config import Settings
+from controller.records import hash_secret
+from controller.services import EmbeddedPostgres, EmbeddedRedis, redis_url
+from controller.storage import Store
+
+log = logging.getLogger(__name__)
+
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}
+
+
+def token_file(settings: Settings) -> Path:
+    return settings.data_dir / "api_token"
+
+
+def load_or_create_api_token(settings: Settings) -> tuple[str, bool]:
+    """INFERIA_API_TOKEN, else the token stored (0600) in the data dir, else a new one. (token, created)."""
+    if settings.api_token is not None:
+        return settings.api_token.get_secret_value(), False
+    path = token_file(settings)
+    if path.exists():
+        return path.read_text().strip(), False
+    token = "it_" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, True
+
+
+async def _migrate(dsn: str) -> int:
+    store = await Store.connect(dsn, migrate=True)
+    try:
+        return await store.schema_version()
+    finally:
+        await store.close()
+
+
+async def _active_pools(dsn: str) -> list[str]:
+    store = await Store.connect(dsn)
+    try:
+        return [p.id for p in await store.list_pools() if p.state in (PoolState.ACTIVE, PoolState.DELETING)]
+    finally:
+        await store.close()
+
+
+@dataclass
+class ControlPlane:
+    settings: Settings
+    keep_nodes: bool = True
+    timings: dict[str, float] = field(default_factory=dict)
+    api_token: str = ""
+    token_created: bool = False
+    cfg: RuntimeConfig | None = None
+    _pg: EmbeddedPostgres | None = None
+    _redis: EmbeddedRedis | None = None
+    _ray_started_here: bool = False
+
+    @property
+    def api_url(self) -> str:
+        assert self.settings.public_url is not None
+        return self.settings.public_url
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        s = self.settings
+        s.ensure_data_dir()
+        self.api_token, self.token_created = load_or_create_api_token(s)
+
+        if s.postgres_dsn is None:
+            self._pg = EmbeddedPostgres(s.data_dir / "pgdata")
+            dsn = self._pg.start()
+        else:
+            dsn = s.postgres_dsn.get_secret_value()
+        if s.redis_host is None:
+            self._redis = EmbeddedRedis(s.data_dir / "redis")
+            rurl = self._redis.start()
+        else:
+            pw = s.redis_password.get_secret_value() if s.redis_password else None
+            rurl = redis_url(s.redis_host, s.redis_port, pw)
+        self.timings["services_s"] = time.monotonic() - t0
+
+        version = asyncio.run(_migrate(dsn))
+        log.info("database schema at version %d", version)
+        assert s.public_url is not None
+        self.cfg = RuntimeConfig(
+            dsn=dsn,
+            redis_url=rurl,
+            data_dir=str(s.data_dir),
+            public_url=s.public_url,
+            heartbeat_interval_s=s.heartbeat_interval_s,
+            heartbeat_misses=s.heartbeat_misses,
+            replace_grace_s=s.replace_grace_s,
+            provision_timeout_s=s.provision_timeout_s,
+            reconcile_interval_s=s.reconcile_interval_s,
+            log_level=s.log_level,
+        )
+        t1 = time.monotonic()
+        self._start_ray()
+        self.timings["ray_s"] = time.monotonic() - t1
+        t2 = time.monotonic()
+        self._start_actors(dsn)
+        self.timings["actors_s"] = time.monotonic() - t2
+        t3 = time.monotonic()
+        self._start_serve()
+        self.timings["serve_s"] = time.monotonic() - t3
+        self._write_runtime(dsn, rurl)
+        self.timings["total_s"] = time.monotonic() - t0
+
+    def _start_ray(self) -> None:
+        import ray
+
+        for k, v in RAY_ENV.items():
+            os.environ.setdefault(k, v)
+        if ray.is_initialized():
+            return
+        address = self.settings.ray_address
+        kwargs: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": True}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(
+                address="local",  # always a new local instance, never a stray `ray start` cluster
+                include_dashboard=False,
+                object_store_memory=200 * 1024 * 1024,
+                **kwargs,
+            )
+            self._ray_started_here = True
+
+    def _start_actors(self, dsn: str) -> None:
+        import ray
+
+        from actors.deployment import DeploymentActor
+        from actors.inventory import InventoryActor
+
+        assert self.cfg is not None
+        cfg = self.cfg.to_dict()
+        inv = InventoryActor.options(**actor_options(INVENTORY)).remote(cfg)  # type: ignore[attr-defined]
+        ray.get(inv.ready.remote(), timeout=120)
+        pools = asyncio.run(_active_pools(dsn))
+        handles = [get_pool_actor(pid, self.cfg) for pid in pools]
+        ray.get([h.ready.remote() for h in handles], timeout=300)
+        dep = DeploymentActor.options(**actor_options(DEPLOYMENTS)).remote(cfg)  # type: ignore[attr-defined]
+        ray.get(dep.ready.remote(), timeout=120)
+        log.info("actors ready: inventory, deployments, %d pool(s)", len(pools))
+
+    def _start_serve(self) -> None:
+        from ray import serve
+
+        from serve_app.app import APP_NAME, build
+
+        assert self.cfg is not None
+        serve.start(http_options={"host": self.settings.api_host, "port": self.settings.api_port})
+        serve.run(build(self.cfg, hash_secret(self.api_token)), name=APP_NAME, route_prefix="/", blocking=False)
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        last: Exception | str | None = None
+        with httpx.Client(timeout=5, trust_env=False) as c:
+            while time.monotonic() < deadline:
+                try:
+                    r = c.get(self.api_url + "/healthz")
+                    if r.status_code == 200:
+                        return
+                    last = f"HTTP {r.status_code}"
+                except httpx.HTTPError as exc:
+                    last = exc
+                time.sleep(0.2)
+        raise RuntimeError(f"API did not become healthy at {self.api_url}: {last}")
+
+    def _write_runtime(self, dsn: str, rurl: str) -> None:
+        info = {
+            "pid": os.getpid(),
+            "api_url": self.api_url,
+            "postgres_embedded": self._pg is not None,
+            "redis_embedded": self._redis is not None,
+            "redis_url": rurl if self._redis is not None else None,
+            "started_at": time.time(),
+        }
+        path = self.settings.runtime_file
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+
+    def stop(self) -> None:
+        """Stop what this process started. Nodes keep running unless keep_nodes is False."""
+        import ray
+
+        if ray.is_initialized():
+            try:
+                self._stop_actors()
+            except Exception:
+                log.exception("stopping actors")
+            if self._ray_started_here:
+                ray.shutdown()
+        if self._redis:
+            self._redis.stop()
+        if self._pg:
+            self._pg.stop()
+        with_suppress_unlink(self.settings.runtime_file)
+
+    def _stop_actors(self) -> None:
+        import ray
+        from ray import serve
+
+        # first: nothing may replace replicas while we stop (heartbeats stop reaching us once Serve is down)
+        with_suppress_kill(DEPLOYMENTS)
+        if not self.keep_nodes and self.cfg is not None:
+            pools = asyncio.run(_active_pools(self.cfg.dsn))
+            handles = [get_pool_actor(pid) for pid in pools if _exists(f"pool:{pid}")]
+            if handles:
+                ray.get([h.terminate_all.remote("control plane stopped") for h in handles], timeout=120)
+            time.sleep(1.0)  # let the inventory flush the terminated states
+        with_suppress_kill(INVENTORY)
+        try:
+            if self._ray_started_here:
+                serve.shutdown()
+            else:  # a shared cluster: remove only our application
+                from serve_app.app import APP_NAME
+
+                serve.delete(APP_NAME)
+        except Exception:
+            log.exception("serve shutdown")
+        for name in ray.util.list_named_actors(all_namespaces=True):
+            if isinstance(name, dict) and name.get("namespace") == NAMESPACE:
+                with_suppress_kill(name["name"])
+
+
+def _exists(name: str) -> bool:
+    import ray
+
+    try:
+        ray.get_actor(name, namespace=NAMESPACE)
+        return True
+    except ValueError:
+        return False
+
+
+def with_suppress_kill(name: str) -> None:
+    import ray
+
+    try:
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+    except Exception:
+        pass
+
+
+def with_suppress_unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

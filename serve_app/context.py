@@ -1,0 +1,124 @@
+"""What the API handlers share inside one Serve replica: storage, actor handles, local caches."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from actors.runtime import DEPLOYMENTS, INVENTORY, RuntimeConfig, call, get_actor, get_pool_actor
+from controller.records import secret_matches
+from controller.storage import Store
+from serve_app.batcher import MicroBatcher
+from serve_app.errors import ApiError
+from serve_app.proxy import InferenceProxy
+from serve_app.routing_cache import RoutingCache
+
+
+@dataclass
+class Counters:
+    heartbeats: int = 0
+    heartbeat_requests: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class AppContext:
+    """Per replica process; the ingress stores it in CURRENT (below) for the request handlers."""
+
+    def __init__(self, cfg: RuntimeConfig, api_token_hash: str) -> None:
+        self.cfg = cfg
+        self.api_token_hash = api_token_hash
+        self.store: Store | None = None
+        self.routing = RoutingCache(self._poll_routing)
+        self.heartbeats: MicroBatcher[dict[str, Any], tuple[int, str | None, str | None]] = MicroBatcher(
+            self._flush_heartbeats
+        )
+        self._keys: dict[str, tuple[str, str, float]] = {}  # deployment_id -> (key, hash, fetched_at)
+        self.proxy = InferenceProxy(self.routing, self.inference_key)
+        self.counters = Counters()
+        self._start_lock: asyncio.Lock | None = None
+        self.started = False
+
+    async def start(self) -> None:
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self.started:
+                return
+            self.routing.start()
+            if self.store is None:
+                self.store = await Store.connect(self.cfg.dsn, max_size=5)
+            # heartbeats can reach the inventory from now on: it starts counting missed ones
+            await call(self.inventory().ingress_started.remote(), 30)
+            self.started = True
+
+    async def close(self) -> None:
+        await self.routing.stop()
+        await self.proxy.close()
+        if self.store:
+            await self.store.close()
+
+    # ------------------------------------------------------------ actors
+    def inventory(self) -> Any:
+        return get_actor(INVENTORY)
+
+    def deployments(self) -> Any:
+        return get_actor(DEPLOYMENTS)
+
+    def pool_actor(self, pool_id: str) -> Any:
+        return get_pool_actor(pool_id, self.cfg)
+
+    async def _poll_routing(self, version: int, timeout_s: float) -> dict[str, Any]:
+        return await call(self.inventory().wait_routing.remote(version, timeout_s), timeout_s + 10)  # type: ignore[no-any-return]
+
+    async def _flush_heartbeats(self, beats: list[dict[str, Any]]) -> list[tuple[int, str | None, str | None]]:
+        return await call(self.inventory().heartbeats.remote(beats), 30)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------ secrets
+    async def inference_key(self, deployment_id: str) -> str | None:
+        hit = self._keys.get(deployment_id)
+        if hit and time.monotonic() - hit[2] < 60:
+            return hit[0]
+        assert self.store is not None
+        dep = await self.store.get_deployment(deployment_id)
+        if dep is None:
+            return None
+        self._keys[deployment_id] = (dep.inference_key, dep.inference_key_hash, time.monotonic())
+        return dep.inference_key
+
+    async def inference_key_valid(self, token: str, model: str | None) -> bool:
+        """True when the token is the inference key of a deployment serving this model."""
+        if not model:
+            return False
+        for ep in self.routing.endpoints(model):
+            dep_id = ep.get("deployment_id")
+            if dep_id and await self.inference_key(dep_id) is not None:
+                _, digest, _ = self._keys[dep_id]
+                if secret_matches(token, digest):
+                    return True
+        return False
+
+    def is_admin(self, token: str | None) -> bool:
+        return secret_matches(token, self.api_token_hash)
+
+
+def bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return None
+
+
+def require_admin(request: Request) -> None:
+    ctx: AppContext = request.app.state.ctx
+    token = bearer(request)
+    if token is None:
+        raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer <INFERIA_API_TOKEN>)")
+    if not ctx.is_admin(token):
+        raise ApiError(403, "forbidden", "the bearer token is not valid for the admin API")
+
+
+CURRENT: list[AppContext] = []

@@ -1,0 +1,386 @@
+"""Admin API: pools, nodes, providers, model registry, deployments (bearer INFERIA_API_TOKEN)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from actors.runtime import call
+from actors.states import DEPLOYMENT_ACTIVE, DEPLOYMENT_DELETABLE, NODE_ALIVE, DeploymentState, PoolState
+from adapters.base import PermanentProviderError, ProviderError
+from adapters.registry import available, get_adapter_class
+from controller.records import (
+    DeploymentRecord,
+    ModelRecord,
+    PoolRecord,
+    hash_secret,
+    new_id,
+    new_secret,
+)
+from controller.storage import ConflictError, DuplicateError, Store
+from serve_app.context import AppContext, require_admin
+from serve_app.errors import ApiError, not_found
+from serve_app.schemas import DeploymentCreate, DeploymentPatch, ModelCreate, PoolCreate, PoolScale
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
+D = DeploymentState
+
+
+def ctx_of(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def store_of(request: Request) -> Store:
+    store = ctx_of(request).store
+    assert store is not None
+    return store
+
+
+async def _pool(store: Store, ref: str) -> PoolRecord:
+    pool = await store.get_pool(ref)
+    if pool is None:
+        raise not_found("pool", ref)
+    return pool
+
+
+def _pool_out(p: PoolRecord) -> dict[str, Any]:
+    d = p.to_dict()
+    d["provider_config"] = _mask_config(d["provider_config"])
+    return d
+
+
+def _mask_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    secretish = ("key", "token", "secret", "password", "credential")
+    return {k: ("***" if any(s in k.lower() for s in secretish) else v) for k, v in cfg.items()}
+
+
+# ---------------------------------------------------------------- pools
+@router.post("/pools", status_code=201)
+async def create_pool(body: PoolCreate, request: Request) -> dict[str, Any]:
+    store = store_of(request)
+    try:
+        cls = get_adapter_class(body.provider)
+    except PermanentProviderError as exc:
+        raise ApiError(422, "invalid_request", str(exc), "provider") from exc
+    try:
+        config = cls.validate_config(dict(body.provider_config))
+    except (ValueError, TypeError) as exc:
+        raise ApiError(422, "invalid_request", f"provider_config: {exc}", "provider_config") from exc
+    rec = PoolRecord(id=new_id("pool"), **body.model_dump(exclude={"provider_config"}), provider_config=config)
+    try:
+        rec = await store.insert_pool(rec)
+    except DuplicateError as exc:
+        raise ApiError(409, "duplicate", f"a pool named {body.name!r} already exists", "name") from exc
+    actor = ctx_of(request).pool_actor(rec.id)
+    await call(actor.ready.remote(), 60)
+    return _pool_out(rec)
+
+
+@router.get("/pools")
+async def list_pools(request: Request) -> list[dict[str, Any]]:
+    return [_pool_out(p) for p in await store_of(request).list_pools()]
+
+
+@router.get("/pools/{ref}")
+async def get_pool(ref: str, request: Request) -> dict[str, Any]:
+    store = store_of(request)
+    pool = await _pool(store, ref)
+    out = _pool_out(pool)
+    out["nodes"] = len(await store.list_nodes(pool.id, NODE_ALIVE))
+    return out
+
+
+@router.delete("/pools/{ref}", status_code=202)
+async def delete_pool(ref: str, request: Request) -> dict[str, Any]:
+    store = store_of(request)
+    pool = await _pool(store, ref)
+    active = await store.list_deployments(states=set(DEPLOYMENT_ACTIVE) | {D.STOPPING}, pool_id=pool.id)
+    if active:
+        raise ApiError(
+            409, "pool_in_use", f"pool {pool.name!r} has {len(active)} active deployment(s); stop them first"
+        )
+    actor = ctx_of(request).pool_actor(pool.id)
+    actor.delete_pool.remote()  # runs in the background; the pool goes 'deleting' -> 'deleted'
+    await store.set_pool_state(pool.id, PoolState.DELETING, [PoolState.ACTIVE])
+    return {"id": pool.id, "state": str(PoolState.DELETING)}
+
+
+@router.post("/pools/{ref}/scale", status_code=202)
+async def scale_pool(ref: str, body: PoolScale, request: Request) -> dict[str, Any]:
+    store = store_of(request)
+    pool = await _pool(store, ref)
+    if body.target_nodes > pool.max_nodes:
+        raise ApiError(422, "invalid_request", f"target_nodes must be <= max_nodes ({pool.max_nodes})", "target_nodes")
+    updated = await store.set_pool_target(pool.id, body.target_nodes)
+    if updated is None:
+        raise ApiError(409, "pool_not_active", f"pool {pool.name!r} is {pool.state}")
+    created = await call(ctx_of(request).pool_actor(pool.id).scale.remote(body.target_nodes), 60)
+    return _pool_out(updated) | {"created_nodes": created}
+
+
+@router.get("/pools/{ref}/nodes")
+async def pool_nodes(ref: str, request: Request, all: bool = False) -> list[dict[str, Any]]:
+    store = store_of(request)
+    pool = await _pool(store, ref)
+    live = {n["id"]: n for n in await call(ctx_of(request).inventory().nodes.remote(), 30)}
+    out = []
+    for rec in await store.list_nodes(pool.id, None if all else NODE_ALIVE):
+        d = rec.public()
+        if rec.id in live:
+            d.update({k: live[rec.id][k] for k in ("state", "health_score", "seconds_since_heartbeat", "reason")})
+        out.append(d)
+    return out
+
+
+# ---------------------------------------------------------------- nodes
+async def _node(request: Request, node_id: str) -> dict[str, Any]:
+    rec = await store_of(request).get_node(node_id)
+    if rec is None:
+        raise not_found("node", node_id)
+    d = rec.public()
+    live = await call(ctx_of(request).inventory().node.remote(node_id), 30)
+    if live:
+        d.update({k: live[k] for k in ("state", "health_score", "seconds_since_heartbeat", "reason", "metrics")})
+    return d
+
+
+@router.get("/nodes/{node_id}")
+async def get_node(node_id: str, request: Request) -> dict[str, Any]:
+    return await _node(request, node_id)
+
+
+@router.post("/nodes/{node_id}/drain", status_code=202)
+async def drain_node(node_id: str, request: Request) -> dict[str, Any]:
+    node = await _node(request, node_id)
+    if node["state"] in ("terminated", "failed"):
+        raise ApiError(409, "node_not_alive", f"node {node_id} is {node['state']}")
+    await call(ctx_of(request).pool_actor(node["pool_id"]).drain_node.remote(node_id, "drained by request"), 30)
+    return {"id": node_id, "state": "draining"}
+
+
+@router.delete("/nodes/{node_id}", status_code=202)
+async def delete_node(node_id: str, request: Request) -> dict[str, Any]:
+    node = await _node(request, node_id)
+    if node["state"] == "terminated":
+        return {"id": node_id, "state": "terminated"}
+    await call(ctx_of(request).pool_actor(node["pool_id"]).terminate_node.remote(node_id, "deleted by request"), 30)
+    return {"id": node_id, "state": "draining"}
+
+
+@router.get("/nodes/{node_id}/logs")
+async def node_logs(node_id: str, request: Request, tail: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
+    node = await _node(request, node_id)
+    lines = await call(ctx_of(request).pool_actor(node["pool_id"]).get_logs.remote(node_id, tail), 30)
+    return {"node_id": node_id, "lines": lines}
+
+
+# ---------------------------------------------------------------- providers
+@router.get("/providers")
+async def providers() -> list[dict[str, Any]]:
+    out = []
+    for name in available():
+        try:
+            cls = get_adapter_class(name)
+            out.append({"name": name, "installed": True, "capabilities": asdict(cls.capabilities)})
+        except PermanentProviderError as exc:
+            out.append({"name": name, "installed": False, "error": str(exc)})
+    return out
+
+
+@router.get("/providers/{name}/resources")
+async def provider_resources(name: str, request: Request, pool: str | None = None) -> list[dict[str, Any]]:
+    store = store_of(request)
+    if pool is not None:
+        p = await _pool(store, pool)
+        if p.provider != name:
+            raise ApiError(422, "invalid_request", f"pool {p.name!r} uses provider {p.provider!r}", "pool")
+        return await call(ctx_of(request).pool_actor(p.id).discover.remote(), 60)  # type: ignore[no-any-return]
+    try:
+        cls = get_adapter_class(name)
+    except PermanentProviderError as exc:
+        raise ApiError(404, "provider_not_found", str(exc)) from exc
+    adapter = cls("discover", {}, ctx_of(request).cfg.data_dir)
+    try:
+        offers = await asyncio.wait_for(adapter.discover_resources(), 60)
+    except (ProviderError, TimeoutError) as exc:
+        raise ApiError(502, "provider_error", f"{name}: {exc}") from exc
+    finally:
+        await adapter.close()
+    return [asdict(o) for o in offers]
+
+
+# ---------------------------------------------------------------- model registry
+@router.post("/model-registry", status_code=201)
+async def register_model(body: ModelCreate, request: Request) -> dict[str, Any]:
+    rec = ModelRecord(id=new_id("model"), **body.model_dump())
+    try:
+        rec = await store_of(request).insert_model(rec)
+    except DuplicateError as exc:
+        raise ApiError(409, "duplicate", f"a model named {body.name!r} already exists", "name") from exc
+    return rec.to_dict()
+
+
+@router.get("/model-registry")
+async def list_models(request: Request) -> list[dict[str, Any]]:
+    return [m.to_dict() for m in await store_of(request).list_models()]
+
+
+@router.get("/model-registry/{name}")
+async def get_model(name: str, request: Request) -> dict[str, Any]:
+    m = await store_of(request).get_model(name)
+    if m is None:
+        raise not_found("model", name)
+    return m.to_dict()
+
+
+@router.delete("/model-registry/{name}")
+async def delete_model(name: str, request: Request) -> dict[str, Any]:
+    store = store_of(request)
+    m = await store.get_model(name)
+    if m is None:
+        raise not_found("model", name)
+    try:
+        await store.delete_model(m.id)
+    except ConflictError as exc:
+        raise ApiError(409, "model_in_use", str(exc)) from exc
+    return {"id": m.id, "deleted": True}
+
+
+# ---------------------------------------------------------------- deployments
+async def _dep(store: Store, dep_id: str) -> DeploymentRecord:
+    d = await store.get_deployment(dep_id)
+    if d is None:
+        raise not_found("deployment", dep_id)
+    return d
+
+
+async def _dep_out(request: Request, d: DeploymentRecord, nodes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    store = store_of(request)
+    out = d.public()
+    model = await store.get_model(d.model_id)
+    pool = await store.get_pool(d.pool_id)
+    out["model"] = model.name if model else None
+    out["pool"] = pool.name if pool else None
+    if nodes is None:
+        nodes = await call(ctx_of(request).inventory().nodes.remote(True), 30)
+    reps = [
+        {k: n[k] for k in ("id", "state", "endpoint", "health_score", "reason", "engine_ready")}
+        for n in nodes
+        if n.get("deployment_id") == d.id and n["state"] != "terminated"
+    ]
+    out["replicas"] = reps
+    out["ready_replicas"] = sum(1 for r in reps if r["state"] == "ready" and r["engine_ready"])
+    return out
+
+
+@router.post("/deployments", status_code=202)
+async def create_deployment(body: DeploymentCreate, request: Request) -> dict[str, Any]:
+    store = store_of(request)
+    model = await store.get_model(body.model)
+    if model is None:
+        raise ApiError(404, "model_not_found", f"model {body.model!r} is not in the registry", "model")
+    pool = await store.get_pool(body.pool)
+    if pool is None:
+        raise ApiError(404, "pool_not_found", f"pool {body.pool!r} not found", "pool")
+    if pool.state != PoolState.ACTIVE:
+        raise ApiError(409, "pool_not_active", f"pool {pool.name!r} is {pool.state}", "pool")
+    key = new_secret("ik")
+    rec = DeploymentRecord(
+        id=new_id("dep"),
+        model_id=model.id,
+        pool_id=pool.id,
+        desired_replicas=body.replicas,
+        state=D.PENDING,
+        inference_key=key,
+        inference_key_hash=hash_secret(key),
+    )
+    rec = await store.insert_deployment(rec)
+    await call(ctx_of(request).deployments().notify.remote(), 30)
+    out = await _dep_out(request, rec, [])
+    out["inference_key"] = key  # shown once, never again
+    return out
+
+
+@router.get("/deployments")
+async def list_deployments(request: Request) -> list[dict[str, Any]]:
+    nodes = await call(ctx_of(request).inventory().nodes.remote(True), 30)
+    return [await _dep_out(request, d, nodes) for d in await store_of(request).list_deployments()]
+
+
+@router.get("/deployments/{dep_id}")
+async def get_deployment(dep_id: str, request: Request) -> dict[str, Any]:
+    return await _dep_out(request, await _dep(store_of(request), dep_id))
+
+
+@router.patch("/deployments/{dep_id}", status_code=202)
+async def patch_deployment(dep_id: str, body: DeploymentPatch, request: Request) -> dict[str, Any]:
+    store = store_of(request)
+    d = await _dep(store, dep_id)
+    updated = await store.set_desired(d.id, body.replicas)
+    if updated is None:
+        raise ApiError(409, "deployment_not_active", f"deployment {dep_id} is {d.state}; start it first")
+    await call(ctx_of(request).deployments().notify.remote(), 30)
+    return await _dep_out(request, updated)
+
+
+async def _transition(request: Request, dep_id: str, frm: set[DeploymentState], to: DeploymentState) -> dict[str, Any]:
+    store = store_of(request)
+    d = await _dep(store, dep_id)
+    if d.state == to:
+        return await _dep_out(request, d)
+    if d.state not in frm:
+        raise ApiError(409, "invalid_state", f"deployment {dep_id} is {d.state}; cannot go to {to}")
+    if to == D.DEPLOYING:
+        await call(ctx_of(request).deployments().reset.remote(d.id), 30)
+    updated = await store.cas_deployment(d.id, [d.state], to)
+    if updated is None:
+        raise ApiError(409, "conflict", f"deployment {dep_id} changed concurrently; retry")
+    await call(ctx_of(request).deployments().notify.remote(), 30)
+    return await _dep_out(request, updated)
+
+
+@router.post("/deployments/{dep_id}/stop", status_code=202)
+async def stop_deployment(dep_id: str, request: Request) -> dict[str, Any]:
+    if (await _dep(store_of(request), dep_id)).state in (D.STOPPING, D.STOPPED):
+        return await get_deployment(dep_id, request)
+    return await _transition(request, dep_id, set(DEPLOYMENT_ACTIVE) | {D.FAILED}, D.STOPPING)
+
+
+@router.post("/deployments/{dep_id}/start", status_code=202)
+async def start_deployment(dep_id: str, request: Request) -> dict[str, Any]:
+    d = await _dep(store_of(request), dep_id)
+    if d.state in DEPLOYMENT_ACTIVE:
+        return await _dep_out(request, d)
+    return await _transition(request, dep_id, {D.STOPPED, D.FAILED}, D.DEPLOYING)
+
+
+@router.delete("/deployments/{dep_id}", status_code=202)
+async def delete_deployment(dep_id: str, request: Request, response: Response) -> dict[str, Any]:
+    """Deletes at once from stopped/failed with no node left; otherwise stops first and deletes when stopped."""
+    store = store_of(request)
+    d = await _dep(store, dep_id)
+    await store.request_delete(d.id)
+    if d.state not in DEPLOYMENT_DELETABLE and d.state != D.STOPPING:
+        await store.cas_deployment(d.id, [d.state], D.STOPPING)
+    await call(ctx_of(request).deployments().notify.remote(), 30)
+    return {
+        "id": d.id,
+        "state": str(D.STOPPING if d.state not in DEPLOYMENT_DELETABLE else d.state),
+        "delete_requested": True,
+    }
+
+
+@router.get("/deployments/{dep_id}/logs")
+async def deployment_logs(dep_id: str, request: Request, tail: int = Query(50, ge=1, le=5000)) -> dict[str, Any]:
+    d = await _dep(store_of(request), dep_id)
+    nodes = await call(ctx_of(request).inventory().nodes.remote(True), 30)
+    pool = ctx_of(request).pool_actor(d.pool_id)
+    out: dict[str, list[str]] = {}
+    for n in nodes:
+        if n.get("deployment_id") == d.id and n["state"] != "terminated":
+            out[n["id"]] = await call(pool.get_logs.remote(n["id"], tail), 30)
+    return {"deployment_id": d.id, "nodes": out}

@@ -1,0 +1,217 @@
+"""Hot paths: heartbeats (batched into one actor call per flush), routing table reads, inference proxy."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+from pydantic import ValidationError
+
+from actors.runtime import DEPLOYMENTS, INVENTORY, call, get_actor
+from serve_app.context import AppContext, bearer, require_admin
+from serve_app.errors import ApiError
+from serve_app.schemas import HeartbeatIn
+
+router = APIRouter()
+
+_HB_CODES = {403: "forbidden", 404: "node_not_found", 410: "node_gone"}
+
+
+def ctx_of(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+async def _json(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", "body: malformed JSON", "body") from exc
+
+
+def _parse_beat(item: Any, prefix: str) -> HeartbeatIn:
+    if not isinstance(item, dict):
+        raise ApiError(422, "invalid_request", f"{prefix or 'body'}: must be an object", prefix or "body")
+    try:
+        return HeartbeatIn.model_validate(item)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        loc = ".".join(str(p) for p in e["loc"])
+        field = ".".join(p for p in (prefix, loc) if p) or prefix or "body"
+        raise ApiError(422, "invalid_request", f"{field}: {e['msg']}", field) from exc
+
+
+@router.post("/inventory/heartbeat")
+async def heartbeat(request: Request) -> Any:
+    """One heartbeat, or {"heartbeats": [...]} for many (each item may carry its node's token)."""
+    ctx = ctx_of(request)
+    body = await _json(request)
+    token = bearer(request)
+    if isinstance(body, dict) and "heartbeats" in body:
+        items = body["heartbeats"]
+        if not isinstance(items, list):
+            raise ApiError(422, "invalid_request", "heartbeats: must be a list", "heartbeats")
+        if len(items) > 10_000:
+            raise ApiError(422, "invalid_request", "heartbeats: at most 10000 per request", "heartbeats")
+        beats = [_parse_beat(it, f"heartbeats.{i}").to_core(token) for i, it in enumerate(items)]
+        ctx.counters.heartbeat_requests += 1
+        ctx.counters.heartbeats += len(beats)
+        results = await ctx.heartbeats.submit_many(beats)
+        return {
+            "interval_s": ctx.cfg.heartbeat_interval_s,
+            "results": [
+                {"node_id": nid or b.get("node_id"), "status": st, **({"message": msg} if st != 200 else {})}
+                for b, (st, nid, msg) in zip(beats, results, strict=True)
+            ],
+        }
+    hb = _parse_beat(body, "")
+    if not (hb.token or token):
+        raise ApiError(401, "unauthorized", "missing node token (Authorization: Bearer <node token>)")
+    ctx.counters.heartbeat_requests += 1
+    ctx.counters.heartbeats += 1
+    status, node_id, msg = await ctx.heartbeats.submit(hb.to_core(token))
+    if status != 200:
+        raise ApiError(status, _HB_CODES.get(status, "error"), msg or "refused")
+    return {"ok": True, "node_id": node_id, "interval_s": ctx.cfg.heartbeat_interval_s}
+
+
+@router.get("/v1/routing-table")
+async def routing_table(
+    request: Request,
+    wait: bool = False,
+    timeout: float = Query(30.0, ge=0, le=300),
+    version: int | None = None,
+) -> Response:
+    """ETag = version; If-None-Match -> 304; ?wait=1 long-polls until the version differs."""
+    require_admin(request)
+    ctx = ctx_of(request)
+    rc = ctx.routing
+    if not rc.synced.is_set():
+        await rc.wait_newer(-1, 10)
+    known = version
+    inm = request.headers.get("if-none-match")
+    if known is None and inm:
+        try:
+            known = int(inm.strip().strip('"').removeprefix("W/").strip('"'))
+        except ValueError:
+            known = None
+    if wait and known is not None and known == rc.version:
+        await rc.wait_newer(known, timeout)
+    etag = f'"{rc.version}"'
+    if inm is not None and inm.strip() == etag:
+        return Response(status_code=304, headers={"etag": etag})
+    return Response(rc.body, media_type="application/json", headers={"etag": etag, "cache-control": "no-cache"})
+
+
+# ---------------------------------------------------------------- OpenAI-compatible proxy
+async def _proxy_auth(request: Request, model: str | None) -> None:
+    ctx = ctx_of(request)
+    token = bearer(request)
+    if token is None:
+        raise ApiError(401, "unauthorized", "missing bearer token (a deployment's inference key or the API token)")
+    if ctx.is_admin(token) or await ctx.inference_key_valid(token, model):
+        return
+    raise ApiError(403, "forbidden", "the key is not valid for this model")
+
+
+async def _forward(request: Request, path: str) -> Response:
+    body = await _json(request)
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_request", "body: must be an object", "body")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(422, "invalid_request", "model: field required", "model")
+    await _proxy_auth(request, model)
+    return await ctx_of(request).proxy.forward(path, body)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _forward(request, "/v1/chat/completions")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    return await _forward(request, "/v1/completions")
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    token = bearer(request)
+    if token is None:
+        raise ApiError(401, "unauthorized", "missing bearer token")
+    ctx = ctx_of(request)
+    names = sorted(ctx.routing.table["models"])
+    if not ctx.is_admin(token):
+        names = [n for n in names if await ctx.inference_key_valid(token, n)]
+        if not names:
+            raise ApiError(403, "forbidden", "the key is not valid for any served model")
+    return {
+        "object": "list",
+        "data": [
+            {"id": n, "object": "model", "owned_by": "inferia", "replicas": len(ctx.routing.endpoints(n))}
+            for n in names
+        ],
+    }
+
+
+# ---------------------------------------------------------------- health and metrics
+@router.get("/healthz")
+async def healthz(request: Request) -> dict[str, Any]:
+    ctx = ctx_of(request)
+    assert ctx.store is not None
+    await ctx.store.pool.fetchval("SELECT 1")
+    return {"status": "ok", "routing_version": ctx.routing.version}
+
+
+def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
+    if labels:
+        lab = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        return f"{name}{{{lab}}} {value}"
+    return f"{name} {value}"
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> PlainTextResponse:
+    """Prometheus text format."""
+    ctx = ctx_of(request)
+    assert ctx.store is not None
+    inv = await call(get_actor(INVENTORY).stats.remote(), 10)
+    dep_stats = await call(get_actor(DEPLOYMENTS).stats.remote(), 10)
+    rows = await ctx.store.pool.fetch("SELECT state, count(*) AS n FROM model_deployments GROUP BY state")
+    out = [
+        "# HELP inferia_nodes Nodes by state.",
+        "# TYPE inferia_nodes gauge",
+        *[_line("inferia_nodes", n, {"state": s}) for s, n in sorted(inv["nodes_by_state"].items())],
+        "# HELP inferia_deployments Deployments by state.",
+        "# TYPE inferia_deployments gauge",
+        *[_line("inferia_deployments", r["n"], {"state": r["state"]}) for r in rows],
+        "# HELP inferia_heartbeats_total Heartbeats accepted by the inventory.",
+        "# TYPE inferia_heartbeats_total counter",
+        _line("inferia_heartbeats_total", inv["heartbeats_total"]),
+        "# HELP inferia_heartbeat_batches_total Inventory calls made for heartbeats by this replica.",
+        "# TYPE inferia_heartbeat_batches_total counter",
+        _line("inferia_heartbeat_batches_total", ctx.heartbeats.batches),
+        "# HELP inferia_routing_version Current routing table version.",
+        "# TYPE inferia_routing_version gauge",
+        _line("inferia_routing_version", inv["routing_version"]),
+        "# HELP inferia_health_sweep_ms Duration of the last health sweep.",
+        "# TYPE inferia_health_sweep_ms gauge",
+        _line("inferia_health_sweep_ms", round(inv["sweep_ms"], 3)),
+        "# HELP inferia_reconcile_ms Duration of the last deployment reconcile.",
+        "# TYPE inferia_reconcile_ms gauge",
+        _line("inferia_reconcile_ms", round(dep_stats["last_reconcile_ms"], 3)),
+        "# HELP inferia_reconciles_total Deployment reconcile rounds.",
+        "# TYPE inferia_reconciles_total counter",
+        _line("inferia_reconciles_total", dep_stats["reconciles"]),
+        "# HELP inferia_proxy_requests_total Inference requests proxied by this replica.",
+        "# TYPE inferia_proxy_requests_total counter",
+        _line("inferia_proxy_requests_total", ctx.proxy.requests_total),
+        "# HELP inferia_redis_up Whether the last publish to Redis succeeded.",
+        "# TYPE inferia_redis_up gauge",
+        _line("inferia_redis_up", 1 if inv["redis_healthy"] else 0),
+    ]
+    return PlainTextResponse("\n".join(out) + "\n", media_type="text/plain; version=0.0.4")

@@ -1,0 +1,160 @@
+"""Request bodies of the HTTP API (pydantic): validation errors become 422 naming the field."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+ENGINES = ("llamacpp", "vllm", "ollama", "custom")
+
+
+def _name(v: str) -> str:
+    if not NAME_RE.fullmatch(v):
+        raise ValueError("must be 1-63 chars of lowercase letters, digits, '.', '_' or '-', starting and ending alnum")
+    return v
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PoolCreate(Strict):
+    name: str
+    provider: str = "local"
+    region: str = "local"
+    allowed_gpu_types: list[str] = Field(default_factory=list)
+    min_nodes: int = Field(default=0, ge=0, le=10_000)
+    max_nodes: int = Field(default=16, ge=0, le=10_000)
+    target_nodes: int = Field(default=0, ge=0, le=10_000)
+    max_cost_per_hour: float | None = Field(default=None, ge=0)
+    provider_config: dict[str, Any] = Field(default_factory=dict)
+    credential_ref: str | None = None
+
+    _n = field_validator("name")(_name)
+
+    @field_validator("max_nodes")
+    @classmethod
+    def _max(cls, v: int, info: ValidationInfo) -> int:
+        if "min_nodes" in info.data and info.data["min_nodes"] > v:
+            raise ValueError("min_nodes must be <= max_nodes")
+        return v
+
+    @field_validator("target_nodes")
+    @classmethod
+    def _target(cls, v: int, info: ValidationInfo) -> int:
+        if "max_nodes" in info.data and v > info.data["max_nodes"]:
+            raise ValueError("target_nodes must be <= max_nodes")
+        return v
+
+
+class PoolScale(Strict):
+    target_nodes: int = Field(ge=0, le=10_000)
+
+
+class ModelCreate(Strict):
+    name: str
+    engine: Literal["llamacpp", "vllm", "ollama", "custom"]
+    image: str | None = None
+    source: str | None = Field(default=None, description="HF id, GGUF path or ollama tag", validate_default=True)
+    args: list[str] = Field(default_factory=list, validate_default=True)
+    env: dict[str, str] = Field(default_factory=dict)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    health_path: str | None = None
+    gpus: int = Field(default=0, ge=0, le=64)
+    gpu_memory_mb: int = Field(default=0, ge=0)
+
+    _n = field_validator("name")(_name)
+
+    @field_validator("health_path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+    @field_validator("source", mode="after")
+    @classmethod
+    def _source(cls, v: str | None, info: ValidationInfo) -> str | None:
+        engine = info.data.get("engine")
+        if engine is not None and engine != "custom" and not v:
+            raise ValueError(f"source is required for engine {engine}")
+        return v
+
+    @field_validator("args", mode="after")
+    @classmethod
+    def _args(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("engine") == "custom" and not v:
+            raise ValueError("args (the command line) is required for engine custom")
+        return v
+
+
+class DeploymentCreate(Strict):
+    model: str = Field(description="model name or id in the registry")
+    pool: str = Field(description="pool name or id")
+    replicas: int = Field(default=1, ge=0, le=1000)
+
+
+class DeploymentPatch(Strict):
+    replicas: int = Field(ge=0, le=1000)
+
+
+class HeartbeatIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    node_id: str | None = Field(default=None, max_length=128)
+    provider: str | None = Field(default=None, max_length=64)
+    provider_instance_id: str | None = Field(default=None, max_length=256)
+    previous_provider_instance_id: str | None = Field(default=None, max_length=256)
+    token: str | None = Field(default=None, max_length=256, description="node token when batching")
+    state: Literal["starting", "ready", "failed"] = "ready"
+    health_score: int = Field(default=100, ge=0, le=100)
+    endpoint: str | None = Field(default=None, max_length=512)
+    reason: str | None = Field(default=None, max_length=1000)
+    cpu_percent: float | None = Field(default=None, ge=0)
+    ram_used_mb: float | None = Field(default=None, ge=0)
+    gpu_util: float | None = Field(default=None, ge=0)
+    gpu_mem_used_mb: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _identity(self) -> HeartbeatIn:
+        if not self.node_id and not (self.provider and self.provider_instance_id):
+            raise ValueError("node_id, or provider and provider_instance_id, is required")
+        return self
+
+    @field_validator("endpoint")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://", v):
+            raise ValueError("must be an http(s) URL")
+        return v
+
+    def to_core(self, header_token: str | None) -> dict[str, Any]:
+        metrics = {
+            k: v
+            for k, v in (
+                ("cpu_percent", self.cpu_percent),
+                ("ram_used_mb", self.ram_used_mb),
+                ("gpu_util", self.gpu_util),
+                ("gpu_mem_used_mb", self.gpu_mem_used_mb),
+            )
+            if v is not None
+        }
+        return {
+            "token": self.token or header_token,
+            "node_id": self.node_id,
+            "provider": self.provider,
+            "provider_instance_id": self.provider_instance_id,
+            "previous_provider_instance_id": self.previous_provider_instance_id,
+            "state": self.state,
+            "health_score": self.health_score,
+            "endpoint": self.endpoint,
+            "reason": self.reason,
+            "metrics": metrics,
+        }
+
+
+class HeartbeatBatch(BaseModel):
+    heartbeats: list[HeartbeatIn] = Field(max_length=10_000)

@@ -1,0 +1,114 @@
+"""Bad input and wrong credentials get the documented 4xx, never a 500, and nothing is written."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from controller.boot import ControlPlane
+
+
+@pytest.fixture()
+def http(control_plane: ControlPlane) -> httpx.Client:
+    return httpx.Client(
+        base_url=control_plane.api_url,
+        headers={"authorization": f"Bearer {control_plane.api_token}"},
+        timeout=30,
+        trust_env=False,
+    )
+
+
+def _err(r: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert set(body) >= {"code", "message"}, body
+    if field is not None:
+        assert body.get("field") == field, body
+    return body
+
+
+def test_admin_auth(control_plane: ControlPlane) -> None:
+    url = control_plane.api_url + "/v1/pools"
+    _err(httpx.get(url, trust_env=False), 401)
+    _err(httpx.get(url, headers={"authorization": "Bearer wrong"}, trust_env=False), 403)
+    _err(httpx.post(url, json={"name": "x"}, headers={"authorization": "Basic abc"}, trust_env=False), 401)
+
+
+def test_pool_validation_writes_nothing(http: httpx.Client) -> None:
+    before = len(http.get("/v1/pools").json())
+    _err(http.post("/v1/pools", content=b"{not json", headers={"content-type": "application/json"}), 422, "body")
+    _err(http.post("/v1/pools", json={"name": "Bad Name"}), 422, "name")
+    _err(http.post("/v1/pools", json={}), 422, "name")
+    _err(http.post("/v1/pools", json={"name": "p", "min_nodes": 5, "max_nodes": 1}), 422)
+    _err(http.post("/v1/pools", json={"name": "p", "max_nodes": -1}), 422, "max_nodes")
+    _err(http.post("/v1/pools", json={"name": "p", "provider": "nope"}), 422, "provider")
+    _err(http.post("/v1/pools", json={"name": "p", "provider_config": {"port_range": "x"}}), 422, "provider_config")
+    _err(http.post("/v1/pools", json={"name": "p", "unknown_field": 1}), 422, "unknown_field")
+    assert len(http.get("/v1/pools").json()) == before
+
+    name = f"dup-{uuid.uuid4().hex[:6]}"
+    assert http.post("/v1/pools", json={"name": name}).status_code == 201
+    _err(http.post("/v1/pools", json={"name": name}), 409, "name")
+    assert len(http.get("/v1/pools").json()) == before + 1
+    _err(http.get("/v1/pools/does-not-exist"), 404)
+    _err(http.post("/v1/pools/does-not-exist/scale", json={"target_nodes": 1}), 404)
+    _err(http.post(f"/v1/pools/{name}/scale", json={"target_nodes": 10_000}), 422, "target_nodes")
+    _err(http.post(f"/v1/pools/{name}/scale", json={}), 422, "target_nodes")
+
+
+def test_model_and_deployment_validation(http: httpx.Client) -> None:
+    _err(http.post("/v1/model-registry", json={"name": "m", "engine": "tgi", "source": "x"}), 422, "engine")
+    _err(http.post("/v1/model-registry", json={"name": "m", "engine": "llamacpp"}), 422)
+    _err(
+        http.post("/v1/model-registry", json={"name": "m", "engine": "vllm", "source": "a", "port": 70000}), 422, "port"
+    )
+    _err(http.post("/v1/model-registry", json={"name": "m", "engine": "custom", "args": "notalist"}), 422, "args")
+    name = f"m-{uuid.uuid4().hex[:6]}"
+    assert http.post("/v1/model-registry", json={"name": name, "engine": "vllm", "source": "a/b"}).status_code == 201
+    _err(http.post("/v1/model-registry", json={"name": name, "engine": "vllm", "source": "a/b"}), 409, "name")
+    _err(http.get("/v1/model-registry/nope"), 404)
+    _err(http.delete("/v1/model-registry/nope"), 404)
+
+    deps_before = len(http.get("/v1/deployments").json())
+    _err(http.post("/v1/deployments", json={"model": "nope", "pool": "nope"}), 404, "model")
+    _err(http.post("/v1/deployments", json={"model": name, "pool": "nope"}), 404, "pool")
+    _err(http.post("/v1/deployments", json={"model": name, "pool": "x", "replicas": -1}), 422, "replicas")
+    _err(http.post("/v1/deployments", json={"model": name}), 422, "pool")
+    assert len(http.get("/v1/deployments").json()) == deps_before
+    _err(http.get("/v1/deployments/dep-nope"), 404)
+    _err(http.patch("/v1/deployments/dep-nope", json={"replicas": 1}), 404)
+    _err(http.post("/v1/deployments/dep-nope/stop"), 404)
+    _err(http.delete("/v1/deployments/dep-nope"), 404)
+    _err(http.get("/v1/nodes/node-nope"), 404)
+    _err(http.post("/v1/nodes/node-nope/drain"), 404)
+    _err(http.get("/v1/providers/nope/resources"), 404)
+
+
+def test_heartbeat_and_proxy_input(http: httpx.Client) -> None:
+    _err(http.post("/inventory/heartbeat", content=b"[1,", headers={"content-type": "application/json"}), 422, "body")
+    _err(http.post("/inventory/heartbeat", json={"state": "ready"}), 422)
+    _err(http.post("/inventory/heartbeat", json={"node_id": "n", "health_score": 101}), 422, "health_score")
+    _err(http.post("/inventory/heartbeat", json={"heartbeats": "x"}), 422, "heartbeats")
+    _err(
+        http.post("/inventory/heartbeat", json={"heartbeats": [{"node_id": "n", "state": "bad"}]}),
+        422,
+        "heartbeats.0.state",
+    )
+    noauth = httpx.post(str(http.base_url).rstrip("/") + "/inventory/heartbeat", json={"node_id": "n"}, trust_env=False)
+    _err(noauth, 401)
+    _err(http.post("/inventory/heartbeat", json={"node_id": "node-unknown"}), 404)
+    _err(http.post("/v1/chat/completions", json={"messages": []}), 422, "model")
+    _err(http.post("/v1/chat/completions", json={"model": "not-deployed", "messages": []}), 503, "model")
+    _err(http.post("/v1/chat/completions", content=b"nope", headers={"content-type": "application/json"}), 422)
+
+
+def test_no_500_on_garbage(http: httpx.Client) -> None:
+    bodies: list[Any] = [None, [], "x", 1, {"name": None}, {"name": 5}, {"replicas": "x"}, {"a": {"b": []}}]
+    paths = ["/v1/pools", "/v1/model-registry", "/v1/deployments", "/inventory/heartbeat", "/v1/chat/completions"]
+    for p in paths:
+        for b in bodies:
+            r = http.post(p, json=b)
+            assert 400 <= r.status_code < 500, (p, b, r.status_code, r.text)

@@ -1,0 +1,634 @@
+"""PoolManager with a fake adapter, store and inventory: provisioning, retries, quota, termination,
+provider reconciliation (adoption, vanished nodes, orphans) and idle scaling."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # the project is not installed into the venv
+    sys.path.insert(0, str(ROOT))
+
+from actors.inventory_core import Heartbeat, HeartbeatStatus, InventoryCore  # noqa: E402
+from actors.pool_core import PoolManager, QuotaExceeded, node_token  # noqa: E402
+from actors.retry import RetryPolicy  # noqa: E402
+from actors.states import NodeState  # noqa: E402
+from adapters.base import (  # noqa: E402
+    ProviderNodeStatus,
+    ProvisionRequest,
+    TemporaryProviderError,
+    WorkloadSpec,
+)
+from controller.records import PoolRecord, secret_matches  # noqa: E402
+from tests.unit.fakes import (  # noqa: E402
+    FakeAdapter,
+    FakeClock,
+    FakeInventory,
+    FakeStore,
+    RecordingSleep,
+    settle,
+    wait_until,
+)
+
+N = NodeState
+POOL = "pool-1"
+KEY = "ntk_test-key"
+RETRY = RetryPolicy(attempts=4, base_s=0.5, cap_s=4.0, jitter=0.0)
+WORKLOAD = WorkloadSpec(deployment_id="dep-1", model_name="llama", engine="llamacpp", source="x.gguf")
+
+
+@dataclass
+class Env:
+    pool: PoolRecord
+    adapter: FakeAdapter
+    store: FakeStore
+    inventory: FakeInventory
+    clock: FakeClock
+    sleep: RecordingSleep
+    manager: PoolManager
+    managers: list[PoolManager]
+
+    def restart(self) -> Env:
+        """A new PoolManager (and inventory) on the same store and provider: a control-plane restart."""
+        pool = PoolRecord(**self.pool.to_dict())
+        core = InventoryCore(15.0, clock=self.clock, wall=FakeClock(2e9))
+        inventory = FakeInventory(core, self.store)
+        sleep = RecordingSleep(self.clock)
+        manager = _manager(pool, self.adapter, self.store, inventory, self.clock, sleep)
+        self.managers.append(manager)
+        return Env(pool, self.adapter, self.store, inventory, self.clock, sleep, manager, self.managers)
+
+
+def _manager(
+    pool: PoolRecord,
+    adapter: FakeAdapter,
+    store: FakeStore,
+    inventory: FakeInventory,
+    clock: FakeClock,
+    sleep: RecordingSleep,
+) -> PoolManager:
+    return PoolManager(
+        pool,
+        adapter,
+        store,
+        inventory,
+        token_key=KEY,
+        heartbeat_url="http://127.0.0.1:8000/inventory/heartbeat",
+        heartbeat_interval_s=5.0,
+        retry=RETRY,
+        drain_period_s=7.0,
+        call_timeout_s=30.0,
+        clock=clock,
+        sleep=sleep,
+    )
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[Env]:
+    clock = FakeClock()
+    pool = PoolRecord(id=POOL, name="p1", provider="fake", max_nodes=4)
+    adapter = FakeAdapter(POOL)
+    store = FakeStore()
+    inventory = FakeInventory(InventoryCore(15.0, clock=clock, wall=FakeClock(1e9)), store)
+    sleep = RecordingSleep(clock)
+    manager = _manager(pool, adapter, store, inventory, clock, sleep)
+    e = Env(pool, adapter, store, inventory, clock, sleep, manager, [manager])
+    yield e
+    for m in e.managers:
+        await crash(m)
+        await m.shutdown()
+
+
+async def crash(m: PoolManager) -> None:
+    """Stop every node actor the way a dying process would: cancel until the tasks are done."""
+    for actor in list(m.nodes.values()):
+        task = actor._task
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.05)
+
+
+async def provisioned(env: Env, node_id: str, workload: WorkloadSpec | None = WORKLOAD) -> None:
+    await env.manager.create_node(node_id, workload)
+    await wait_until(lambda: env.store.nodes[node_id].endpoint is not None, what=f"{node_id} provisioned")
+    await wait_until(lambda: not env.manager.nodes[node_id].busy, what=f"{node_id} idle")
+
+
+def ready_beat(env: Env, node_id: str) -> None:
+    res = env.inventory.heartbeat(Heartbeat(token=node_token(KEY, node_id), node_id=node_id))
+    assert res.status == HeartbeatStatus.OK
+
+
+async def gone(env: Env, node_id: str) -> None:
+    await wait_until(lambda: node_id not in env.manager.nodes, what=f"{node_id} forgotten")
+
+
+# ------------------------------------------------------------------------------------------- create
+async def test_node_token_is_derived_per_node() -> None:
+    assert node_token(KEY, "a") == node_token(KEY, "a")
+    assert node_token(KEY, "a") != node_token(KEY, "b")
+    assert node_token(KEY, "a") != node_token("other", "a")
+    assert node_token(KEY, "a").startswith("nt_")
+
+
+async def test_create_node_is_idempotent_by_node_id(env: Env) -> None:
+    first = await env.manager.create_node("n1", WORKLOAD)
+    second = await env.manager.create_node("n1", WORKLOAD)
+    assert first["id"] == second["id"] == "n1"
+    await wait_until(lambda: env.store.nodes["n1"].endpoint is not None)
+    third = await env.manager.create_node("n1", WORKLOAD)
+    await settle()
+    assert third["id"] == "n1"
+    assert env.adapter.created == 1
+    assert env.adapter.provision_calls == ["n1"]
+    assert list(env.store.nodes) == ["n1"]
+    assert env.store.event_kinds("n1").count("node.created") == 1
+    assert "token_hash" not in first
+
+
+async def test_concurrent_creates_of_one_node_make_one_instance(env: Env) -> None:
+    results = await asyncio.gather(*(env.manager.create_node("n1", WORKLOAD) for _ in range(5)))
+    assert {r["id"] for r in results} == {"n1"}
+    await wait_until(lambda: env.store.nodes["n1"].endpoint is not None)
+    await settle()
+    assert env.adapter.created == 1
+    assert len(env.adapter.provision_calls) == 1
+
+
+async def test_create_node_without_id_makes_a_new_id(env: Env) -> None:
+    a = await env.manager.create_node()
+    b = await env.manager.create_node()
+    assert a["id"] != b["id"]
+    assert a["id"].startswith("node-")
+    assert a["deployment_id"] is None
+
+
+async def test_provisioning_records_endpoint_and_registers(env: Env) -> None:
+    rec = await env.manager.create_node("n1", WORKLOAD)
+    assert rec["state"] == N.PROVISIONING
+    assert rec["deployment_id"] == "dep-1"
+    await wait_until(lambda: env.store.nodes["n1"].endpoint is not None)
+    inst = env.adapter.instances["n1"]
+    stored = env.store.nodes["n1"]
+    assert stored.endpoint == inst.endpoint
+    assert stored.provider_instance_id == inst.provider_instance_id
+    assert stored.ip_address == inst.ip_address
+    assert stored.resources["model_name"] == "llama"
+    assert stored.resources["served_model"] == "served-n1"
+    assert secret_matches(node_token(KEY, "n1"), stored.token_hash)
+
+    entry = env.inventory.core.nodes["n1"]
+    assert entry.state == N.PROVISIONING
+    assert entry.endpoint == inst.endpoint
+    assert entry.provider_instance_id == inst.provider_instance_id
+    assert entry.model_name == "llama"
+    assert entry.served_model == "served-n1"
+    assert entry.deployment_id == "dep-1"
+
+    # the node's own token (the one handed to the provider) is accepted by the inventory
+    ready_beat(env, "n1")
+    table = env.inventory.core.routing_table()
+    assert table["models"]["llama"][0]["endpoint"] == inst.endpoint
+    assert table["models"]["llama"][0]["served_model"] == "served-n1"
+
+
+async def test_provision_request_carries_the_node_token(env: Env) -> None:
+    seen: list[ProvisionRequest] = []
+    original = env.adapter.provision_node
+
+    async def spy(req: ProvisionRequest) -> object:
+        seen.append(req)
+        return await original(req)
+
+    env.adapter.provision_node = spy  # type: ignore[method-assign,assignment]
+    await provisioned(env, "n1")
+    assert len(seen) == 1
+    req = seen[0]
+    assert req.node_token == node_token(KEY, "n1")
+    assert req.heartbeat_url.endswith("/inventory/heartbeat")
+    assert req.heartbeat_interval_s == 5.0
+    assert req.workload == WORKLOAD
+    assert KEY not in repr(req) and req.node_token not in repr(req)
+
+
+async def test_temporary_errors_are_retried_with_growing_delays(env: Env) -> None:
+    env.adapter.temporary_failures = 2
+    await provisioned(env, "n1")
+    assert env.sleep.delays == [0.5, 1.0]
+    assert env.adapter.provision_calls == ["n1"] * 3
+    assert env.adapter.created == 1
+    assert env.inventory.state("n1") == N.PROVISIONING
+
+
+async def test_temporary_errors_exhausted_fail_the_node(env: Env) -> None:
+    env.adapter.temporary_failures = 100
+    await env.manager.create_node("n1", WORKLOAD)
+    await wait_until(lambda: env.inventory.state("n1") == N.FAILED)
+    assert env.sleep.delays == [0.5, 1.0, 2.0]
+    assert len(env.adapter.provision_calls) == RETRY.attempts
+    entry = env.inventory.core.nodes["n1"]
+    assert entry.reason is not None and entry.reason.startswith("provider unavailable")
+    assert env.store.nodes["n1"].state == N.FAILED
+
+
+async def test_lost_reply_does_not_create_a_second_instance(env: Env) -> None:
+    env.adapter.lose_replies = 1
+    await provisioned(env, "n1")
+    assert env.adapter.provision_calls == ["n1", "n1"]
+    assert env.adapter.created == 1
+    assert list(env.adapter.instances) == ["n1"]
+    assert env.store.nodes["n1"].endpoint == env.adapter.instances["n1"].endpoint
+
+
+async def test_permanent_error_fails_the_node_with_the_reason(env: Env) -> None:
+    env.adapter.permanent_error = "engine vllm is not available on this provider"
+    await env.manager.create_node("n1", WORKLOAD)
+    await wait_until(lambda: env.inventory.state("n1") == N.FAILED)
+    await settle()
+    assert env.adapter.provision_calls == ["n1"]  # not retried
+    assert env.sleep.delays == []
+    entry = env.inventory.core.nodes["n1"]
+    assert entry.reason == "engine vllm is not available on this provider"
+    assert env.store.nodes["n1"].state == N.FAILED
+    assert env.store.nodes["n1"].state_reason == "engine vllm is not available on this provider"
+    assert "node.provision_failed" in env.store.event_kinds("n1")
+    assert env.manager.nodes["n1"].record.state == N.FAILED
+
+
+async def test_quota(env: Env) -> None:
+    env.pool.max_nodes = 2
+    await env.manager.create_node("a")
+    await env.manager.create_node("b")
+    with pytest.raises(QuotaExceeded, match=r"max_nodes quota \(2\)"):
+        await env.manager.create_node("c")
+    assert "c" not in env.store.nodes
+    # asking again for a node that exists is not a new node
+    assert (await env.manager.create_node("a"))["id"] == "a"
+    await wait_until(lambda: env.adapter.created == 2)
+    # a node on its way out frees its slot
+    assert await env.manager.terminate_node("a")
+    assert (await env.manager.create_node("c"))["id"] == "c"
+    await wait_until(lambda: "c" in env.adapter.instances and "a" not in env.adapter.instances)
+
+
+async def test_shutdown_while_a_provision_call_returns(env: Env) -> None:
+    """shutdown() must not hang when it cancels a node actor whose provider call just completed."""
+    await env.manager.create_node("n1", WORKLOAD)
+    await env.manager.create_node("n2", WORKLOAD)
+    task = asyncio.ensure_future(env.manager.shutdown())
+    done, _ = await asyncio.wait({task}, timeout=0.5)
+    stuck = [a.id for a in env.manager.nodes.values() if a._task is not None and not a._task.done()]
+    assert task in done, f"shutdown() hangs: the cancellation of node actors {stuck} was swallowed"
+    assert env.adapter.closed
+
+
+async def test_shutdown_stops_idle_node_actors(env: Env) -> None:
+    await provisioned(env, "n1")
+    actor = env.manager.nodes["n1"]
+    task = asyncio.ensure_future(env.manager.shutdown())
+    done, _ = await asyncio.wait({task}, timeout=0.5)
+    assert task in done
+    assert actor._task is not None and actor._task.done()
+
+
+# ------------------------------------------------------------------------------------------- terminate
+async def test_terminate_drains_then_terminates_and_removes_the_instance(env: Env) -> None:
+    await provisioned(env, "n1")
+    ready_beat(env, "n1")
+    assert await env.manager.terminate_node("n1", "scaled down")
+    await gone(env, "n1")
+    moves = [(state, ok) for nid, state, _, ok in env.inventory.transitions if nid == "n1"]
+    assert moves == [(N.DRAINING, True), (N.TERMINATED, True)]
+    assert env.inventory.state("n1") == N.TERMINATED
+    assert env.inventory.core.nodes["n1"].reason == "scaled down"
+    assert env.store.nodes["n1"].state == N.TERMINATED
+    assert "n1" not in env.adapter.instances
+    assert env.adapter.deprovision_calls == ["n1"]
+    assert env.inventory.core.routing_table()["models"] == {}
+    # a second terminate is harmless
+    assert await env.manager.terminate_node("n1") is False
+    await settle()
+    assert env.adapter.deprovision_calls == ["n1"]
+    # and the node id cannot be brought back
+    rec = await env.manager.create_node("n1", WORKLOAD)
+    assert rec["state"] == N.TERMINATED
+    assert "n1" not in env.manager.nodes
+    assert env.adapter.created == 1
+
+
+async def test_double_terminate_deprovisions_once(env: Env) -> None:
+    await provisioned(env, "n1")
+    assert await env.manager.terminate_node("n1")
+    assert await env.manager.terminate_node("n1")
+    assert await env.manager.drain_node("n1")
+    await gone(env, "n1")
+    await settle()
+    assert env.adapter.deprovision_calls == ["n1"]
+
+
+async def test_terminate_while_provisioning_does_not_leak(env: Env) -> None:
+    env.adapter.gate = asyncio.Event()
+    await env.manager.create_node("n1", WORKLOAD)
+    await wait_until(lambda: env.manager.nodes["n1"].busy)
+    assert await env.manager.terminate_node("n1")
+    env.adapter.gate.set()
+    await gone(env, "n1")
+    assert env.adapter.instances == {}
+    assert env.inventory.state("n1") == N.TERMINATED
+
+
+async def test_terminate_before_provisioning_starts_skips_it(env: Env) -> None:
+    await env.manager.create_node("n1", WORKLOAD)
+    assert await env.manager.terminate_node("n1")  # queued behind PROVISION, before it ran
+    await gone(env, "n1")
+    assert env.adapter.provision_calls == []
+    assert env.adapter.created == 0
+    assert env.inventory.state("n1") == N.TERMINATED
+
+
+async def test_terminate_a_failed_node(env: Env) -> None:
+    env.adapter.permanent_error = "bad config"
+    await env.manager.create_node("n1", WORKLOAD)
+    await wait_until(lambda: env.inventory.state("n1") == N.FAILED)
+    await wait_until(lambda: not env.manager.nodes["n1"].busy)
+    assert await env.manager.terminate_node("n1")
+    await gone(env, "n1")
+    assert env.inventory.state("n1") == N.TERMINATED
+    assert env.store.nodes["n1"].state == N.TERMINATED
+
+
+async def test_drain_waits_the_drain_period(env: Env) -> None:
+    await provisioned(env, "n1")
+    ready_beat(env, "n1")
+    assert await env.manager.drain_node("n1")
+    await gone(env, "n1")
+    assert env.sleep.delays == [7.0]
+    reasons = [(state, reason) for nid, state, reason, _ in env.inventory.transitions if nid == "n1"]
+    assert reasons == [(N.DRAINING, "drained by request"), (N.TERMINATED, "drained by request")]
+    assert env.adapter.instances == {}
+
+
+async def test_unknown_node_commands(env: Env) -> None:
+    assert await env.manager.terminate_node("ghost") is False
+    assert await env.manager.drain_node("ghost") is False
+    assert await env.manager.node_status("ghost") is None
+
+
+async def test_failed_deprovision_keeps_the_node_and_reconcile_retries(env: Env) -> None:
+    await provisioned(env, "n1")
+    env.adapter.deprovision_failures = 100
+    assert await env.manager.terminate_node("n1")
+    await wait_until(lambda: len(env.adapter.deprovision_calls) == RETRY.attempts)
+    await wait_until(lambda: not env.manager.nodes["n1"].busy)
+    actor = env.manager.nodes["n1"]  # never forget a paid instance
+    assert actor.record.state == N.DRAINING
+    assert not actor.terminating
+    assert "n1" in env.adapter.instances
+    assert env.inventory.state("n1") == N.DRAINING
+
+    env.adapter.deprovision_failures = 0
+    report = await env.manager.reconcile_provider()
+    assert report["retried"] == ["n1"]
+    await gone(env, "n1")
+    assert env.adapter.instances == {}
+    assert env.inventory.state("n1") == N.TERMINATED
+
+
+async def test_status_logs_and_summary(env: Env) -> None:
+    await provisioned(env, "n1")
+    st = await env.manager.node_status("n1")
+    assert st is not None and st["id"] == "n1" and st["busy"] is False
+    assert await env.manager.get_logs("n1", 10) == ["log line of n1"]
+    assert env.manager.summary()["nodes"] == {"n1": "provisioning"}
+
+
+# ------------------------------------------------------------------------------------------- provider truth
+async def test_reconcile_steady_state_does_nothing(env: Env) -> None:
+    await provisioned(env, "n1")
+    report = await env.manager.reconcile_provider()
+    assert report == {"adopted": [], "vanished": [], "orphans": [], "retried": []}
+    assert env.adapter.status_calls == []
+
+
+async def test_reconcile_picks_up_a_new_endpoint(env: Env) -> None:
+    await provisioned(env, "n1")
+    env.adapter.instances["n1"] = replace(env.adapter.instances["n1"], endpoint="http://10.9.9.9:8000")
+    report = await env.manager.reconcile_provider()
+    assert report["adopted"] == ["n1"]
+    assert env.store.nodes["n1"].endpoint == "http://10.9.9.9:8000"
+    assert env.inventory.core.nodes["n1"].endpoint == "http://10.9.9.9:8000"
+
+
+async def test_restart_adopts_what_the_provider_runs(env: Env) -> None:
+    await provisioned(env, "n1")
+    await provisioned(env, "n2", None)
+    ready_beat(env, "n1")
+    assert env.store.nodes["n1"].state == N.READY
+    await crash(env.manager)
+
+    new = env.restart()
+    await new.manager.start()
+    assert set(new.manager.nodes) == {"n1", "n2"}
+    assert env.adapter.created == 2
+    assert env.adapter.provision_calls == ["n1", "n2"]  # nothing provisioned again
+    core = new.inventory.core
+    assert core.nodes["n1"].state == N.READY
+    assert core.nodes["n2"].state == N.PROVISIONING
+    assert core.nodes["n1"].endpoint == env.adapter.instances["n1"].endpoint
+    assert core.nodes["n1"].model_name == "llama"
+    assert core.nodes["n1"].deployment_id == "dep-1"
+    assert core.nodes["n2"].deployment_id is None
+    # the nodes' heartbeats (by provider identity) are accepted by the new inventory
+    hb = Heartbeat(
+        token=node_token(KEY, "n1"),
+        provider="fake",
+        provider_instance_id=env.adapter.instances["n1"].provider_instance_id,
+    )
+    assert new.inventory.heartbeat(hb).status == HeartbeatStatus.OK
+    assert core.routing_table()["models"]["llama"][0]["node_id"] == "n1"
+
+
+async def test_restart_reports_adoption(env: Env) -> None:
+    await provisioned(env, "n1")
+    await crash(env.manager)
+    new = env.restart()
+    await new.manager.start()
+    report = await new.manager.reconcile_provider(boot=True)
+    assert report["adopted"] == ["n1"]
+    assert report["orphans"] == [] and report["vanished"] == []
+
+
+async def test_restart_adopts_a_node_created_before_the_crash(env: Env) -> None:
+    """Provisioned at the provider, but the control plane died before recording the endpoint."""
+    env.adapter.gate = asyncio.Event()
+    await env.manager.create_node("n1", WORKLOAD)
+    await wait_until(lambda: env.manager.nodes["n1"].busy)
+    env.adapter.make_instance("n1")
+    await crash(env.manager)  # the provision call never returns
+    env.adapter.gate = None
+    assert env.store.nodes["n1"].endpoint is None
+
+    new = env.restart()
+    await new.manager.start()
+    assert "n1" in new.manager.nodes
+    assert env.store.nodes["n1"].endpoint == env.adapter.instances["n1"].endpoint
+    assert new.inventory.core.nodes["n1"].endpoint == env.adapter.instances["n1"].endpoint
+    assert env.adapter.created == 1
+
+
+async def test_restart_forgets_a_node_the_provider_never_created(env: Env) -> None:
+    env.adapter.gate = asyncio.Event()
+    await env.manager.create_node("n1", WORKLOAD)
+    await wait_until(lambda: env.manager.nodes["n1"].busy)
+    await crash(env.manager)  # before the provider created anything
+    env.adapter.gate = None
+
+    new = env.restart()
+    await new.manager.start()
+    assert "n1" not in new.manager.nodes
+    assert new.inventory.state("n1") == N.TERMINATED
+    assert env.store.nodes["n1"].state == N.TERMINATED
+
+
+async def test_restart_finishes_a_drain(env: Env) -> None:
+    await provisioned(env, "n1")
+    env.adapter.deprovision_failures = 100
+    await env.manager.terminate_node("n1")
+    await wait_until(lambda: len(env.adapter.deprovision_calls) == RETRY.attempts)
+    await wait_until(lambda: not env.manager.nodes["n1"].busy)
+    await crash(env.manager)
+    assert env.store.nodes["n1"].state == N.DRAINING
+    env.adapter.deprovision_failures = 0
+
+    new = env.restart()
+    await new.manager.start()
+    await wait_until(lambda: "n1" not in new.manager.nodes)
+    assert env.adapter.instances == {}
+    assert new.inventory.state("n1") == N.TERMINATED
+
+
+@pytest.mark.parametrize("status", [ProviderNodeStatus.UNKNOWN, ProviderNodeStatus.PENDING])
+async def test_unconfirmed_disappearance_leaves_the_node_alone(env: Env, status: ProviderNodeStatus) -> None:
+    await provisioned(env, "n1")
+    ready_beat(env, "n1")
+    del env.adapter.instances["n1"]  # not listed any more...
+    env.adapter.status_override["n1"] = status  # ...but the provider cannot confirm it is gone
+    report = await env.manager.reconcile_provider()
+    assert report["vanished"] == []
+    assert env.adapter.status_calls == ["n1"]
+    assert "n1" in env.manager.nodes
+    assert env.inventory.state("n1") == N.READY
+
+
+async def test_status_error_counts_as_unknown(env: Env) -> None:
+    await provisioned(env, "n1")
+    del env.adapter.instances["n1"]
+
+    async def broken(_: object) -> object:
+        raise TemporaryProviderError("status API down")
+
+    env.adapter.get_node_status = broken  # type: ignore[method-assign,assignment]
+    report = await env.manager.reconcile_provider()
+    assert report["vanished"] == []
+    assert "n1" in env.manager.nodes
+
+
+async def test_confirmed_terminated_node_is_marked_vanished(env: Env) -> None:
+    await provisioned(env, "n1")
+    ready_beat(env, "n1")
+    del env.adapter.instances["n1"]  # gone at the provider; get_node_status says TERMINATED
+    report = await env.manager.reconcile_provider()
+    assert report["vanished"] == ["n1"]
+    assert "n1" not in env.manager.nodes
+    assert env.inventory.state("n1") == N.TERMINATED
+    assert env.inventory.core.nodes["n1"].reason == "vanished at the provider"
+    assert env.store.nodes["n1"].state == N.TERMINATED
+    assert env.inventory.core.routing_table()["models"] == {}
+
+
+async def test_in_flight_provision_is_not_checked(env: Env) -> None:
+    env.adapter.gate = asyncio.Event()
+    await env.manager.create_node("n1", WORKLOAD)
+    await wait_until(lambda: env.manager.nodes["n1"].busy)
+    report = await env.manager.reconcile_provider()
+    assert report == {"adopted": [], "vanished": [], "orphans": [], "retried": []}
+    assert env.adapter.status_calls == []
+    env.adapter.gate.set()
+    await wait_until(lambda: env.store.nodes["n1"].endpoint is not None)
+
+
+async def test_orphans_are_deleted_and_reported(env: Env) -> None:
+    await provisioned(env, "n1")
+    env.adapter.make_instance("stray")
+    env.adapter.make_instance("elsewhere", pool_id="pool-2")  # another pool's: not ours to touch
+    report = await env.manager.reconcile_provider()
+    assert report["orphans"] == ["stray"]
+    assert set(env.adapter.instances) == {"n1", "elsewhere"}
+    orphan_events = [e for e in env.store.events if e[0] == "node.orphan"]
+    assert orphan_events == [("node.orphan", "node", "stray", {"pool_id": POOL, "cleaned": True})]
+    assert "n1" in env.manager.nodes
+
+
+async def test_orphans_are_kept_when_cleanup_is_off(env: Env) -> None:
+    env.pool.provider_config = {"cleanup_orphans": False}
+    env.adapter.make_instance("stray")
+    report = await env.manager.reconcile_provider()
+    assert report["orphans"] == ["stray"]
+    assert "stray" in env.adapter.instances
+    assert ("node.orphan", "node", "stray", {"pool_id": POOL, "cleaned": False}) in env.store.events
+
+
+async def test_list_failure_changes_nothing(env: Env) -> None:
+    await provisioned(env, "n1")
+    env.adapter.make_instance("stray")
+    env.adapter.list_error = True
+    report = await env.manager.reconcile_provider()
+    assert report == {"adopted": [], "vanished": [], "orphans": [], "retried": []}
+    assert set(env.adapter.instances) == {"n1", "stray"}
+    assert "n1" in env.manager.nodes
+
+
+# ------------------------------------------------------------------------------------------- idle capacity
+async def test_scale_idle_creates_up_to_target(env: Env) -> None:
+    env.pool.target_nodes = 3
+    created = await env.manager.scale_idle()
+    assert len(created) == 3
+    await wait_until(lambda: env.adapter.created == 3)
+    assert all(env.store.nodes[n].deployment_id is None for n in created)
+    assert await env.manager.scale_idle() == []  # idempotent
+    await settle()
+    assert env.adapter.created == 3
+
+
+async def test_scale_idle_respects_min_nodes_and_quota(env: Env) -> None:
+    env.pool.min_nodes = 2
+    assert len(await env.manager.scale_idle()) == 2
+    env.pool.max_nodes = 3
+    env.pool.target_nodes = 10
+    assert len(await env.manager.scale_idle()) == 1  # stops at the quota, no exception
+    assert len(env.manager.nodes) == 3
+
+
+async def test_scale_idle_terminates_surplus_idle_nodes_only(env: Env) -> None:
+    await provisioned(env, "dep-node")
+    await provisioned(env, "idle-a", None)
+    await provisioned(env, "idle-b", None)
+    await env.manager.set_target(0)
+    await wait_until(lambda: set(env.manager.nodes) == {"dep-node"}, what="idle nodes terminated")
+    assert set(env.adapter.instances) == {"dep-node"}
+    assert env.inventory.state("idle-a") == N.TERMINATED
+
+
+async def test_scale_idle_down_to_target(env: Env) -> None:
+    await env.manager.set_target(3)
+    await wait_until(lambda: env.adapter.created == 3)
+    await env.manager.set_target(1)
+    await wait_until(lambda: len(env.manager.nodes) == 1, what="surplus terminated")
+    assert len(env.adapter.instances) == 1
+    assert await env.manager.scale_idle() == []
