@@ -108,8 +108,7 @@ class InventoryActor:
             self.core.restore_writes(states, beats)
             raise
         if self.bus is not None:
-            for node_id, _, new, reason in states:
-                await self.bus.emit("node." + str(new), {"node_id": node_id, "reason": reason})
+            await self.bus.emit_many([("node." + str(new), {"node_id": nid, "reason": r}) for nid, _, new, r in states])
 
     async def _publish(self) -> None:
         if not self._publish_wanted.is_set() or self.bus is None:

@@ -119,6 +119,10 @@ class PoolActor:
         m = await self._boot()
         return await m.drain_node(node_id, reason)
 
+    async def node_status(self, node_id: str) -> dict[str, Any] | None:
+        m = await self._boot()
+        return await m.node_status(node_id)
+
     async def get_logs(self, node_id: str, tail: int = 100) -> list[str]:
         m = await self._boot()
         try:

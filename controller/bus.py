@@ -55,11 +55,17 @@ class EventBus:
         return await self._guard("publish routing", pipe.execute())
 
     async def emit(self, kind: str, data: dict[str, Any]) -> bool:
-        fields = {"kind": kind, "data": json.dumps(data, separators=(",", ":"), default=str)}
-        return await self._guard(
-            "emit event",
-            self.client.xadd(EVENTS_STREAM, fields, maxlen=EVENTS_MAXLEN, approximate=True),  # type: ignore[arg-type]
-        )
+        return await self.emit_many([(kind, data)])
+
+    async def emit_many(self, events: list[tuple[str, dict[str, Any]]]) -> bool:
+        """One round trip for many events (a sweep can change thousands of nodes at once)."""
+        if not events:
+            return True
+        pipe = self.client.pipeline(transaction=False)
+        for kind, data in events:
+            fields = {"kind": kind, "data": json.dumps(data, separators=(",", ":"), default=str)}
+            pipe.xadd(EVENTS_STREAM, fields, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        return await self._guard("emit events", pipe.execute())
 
     async def latest_routing(self) -> dict[str, Any] | None:
         raw = await self.client.get(ROUTING_LATEST)

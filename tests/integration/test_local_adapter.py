@@ -18,11 +18,7 @@ import httpx
 import psutil
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the project is not installed into the venv
-    sys.path.insert(0, str(ROOT))
-
-from adapters.base import (  # noqa: E402
+from adapters.base import (
     NodeRef,
     PermanentProviderError,
     ProviderNodeStatus,
@@ -30,11 +26,12 @@ from adapters.base import (  # noqa: E402
     ProvisionRequest,
     WorkloadSpec,
 )
-from adapters.local import procs  # noqa: E402
-from adapters.local.adapter import LocalAdapter  # noqa: E402
-from adapters.local.gpu import detect_gpus  # noqa: E402
-from adapters.registry import create_adapter  # noqa: E402
+from adapters.local import procs
+from adapters.local.adapter import LocalAdapter
+from adapters.local.gpu import detect_gpus
+from adapters.registry import create_adapter
 
+ROOT = Path(__file__).resolve().parents[2]
 FAKE_ENGINE = ROOT / "tests" / "support" / "fake_engine.py"
 POOL = "pool-a"
 TOKEN = "node-token-integration-77"

@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import sys
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the project is not installed into the venv
-    sys.path.insert(0, str(ROOT))
-
-from actors.inventory_core import Heartbeat, HeartbeatResult, InventoryCore  # noqa: E402
-from actors.states import NodeState  # noqa: E402
-from adapters.base import (  # noqa: E402
+from actors.inventory_core import Heartbeat, HeartbeatResult, InventoryCore
+from actors.states import NodeState
+from adapters.base import (
     Capabilities,
     NodeRef,
     NodeStatus,
@@ -28,7 +22,7 @@ from adapters.base import (  # noqa: E402
     ResourceOffer,
     TemporaryProviderError,
 )
-from controller.records import NodeRecord  # noqa: E402
+from controller.records import NodeRecord
 
 
 class FakeClock:

@@ -20,12 +20,9 @@ from typing import Any
 import psutil
 import pytest
 
+from controller import agent as agent_mod
+
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the project is not installed into the venv
-    sys.path.insert(0, str(ROOT))
-
-from controller import agent as agent_mod  # noqa: E402
-
 FAKE_ENGINE = ROOT / "tests" / "support" / "fake_engine.py"
 TOKEN = "node-token-5f1e2d"
 KEY = "inference-key-9a8b7c"

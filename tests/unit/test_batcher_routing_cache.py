@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the project is not installed into the venv
-    sys.path.insert(0, str(ROOT))
-
-from serve_app.batcher import MicroBatcher  # noqa: E402
-from serve_app.routing_cache import RoutingCache  # noqa: E402
+from serve_app.batcher import MicroBatcher
+from serve_app.routing_cache import RoutingCache
 
 # ------------------------------------------------------------------------------------------- MicroBatcher
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,12 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the project is not installed into the venv
-    sys.path.insert(0, str(ROOT))
-
-from controller import cli_commands  # noqa: E402
-from controller.client import Client  # noqa: E402
+from controller import cli_commands
+from controller.client import Client
 
 TOKEN = "it_cli-test-token"
 Handler = Callable[[httpx.Request], httpx.Response]

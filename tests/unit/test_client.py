@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,11 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the project is not installed into the venv
-    sys.path.insert(0, str(ROOT))
-
-from controller.client import (  # noqa: E402
+from controller.client import (
     AsyncClient,
     Client,
     Conflict,
@@ -28,7 +23,7 @@ from controller.client import (  # noqa: E402
     Unauthorized,
     WaitTimeout,
 )
-from controller.config import load_settings  # noqa: E402
+from controller.config import load_settings
 
 TOKEN = "it_secret-admin-token-1234567890"
 BASE = "http://cp.test:8000"

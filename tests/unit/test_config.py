@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the project is not installed into the venv
-    sys.path.insert(0, str(ROOT))
-
-from controller.config import Settings, load_settings  # noqa: E402
+from controller.config import Settings, load_settings
 
 ENV_VARS = [
     "POSTGRES_DSN",

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the project is not installed into the venv
-    sys.path.insert(0, str(ROOT))
-
-from actors.deployment_core import (  # noqa: E402
+from actors.deployment_core import (
     Action,
     CreateReplicas,
     DeploymentPlanner,
@@ -20,10 +14,10 @@ from actors.deployment_core import (  # noqa: E402
     RemoveReplica,
     SetState,
 )
-from actors.inventory_core import Heartbeat, InventoryCore  # noqa: E402
-from actors.states import DeploymentState, NodeState, deployment_can  # noqa: E402
-from controller.records import hash_secret  # noqa: E402
-from tests.unit.fakes import FakeClock  # noqa: E402
+from actors.inventory_core import Heartbeat, InventoryCore
+from actors.states import DeploymentState, NodeState, deployment_can
+from controller.records import hash_secret
+from tests.unit.fakes import FakeClock
 
 D = DeploymentState
 N = NodeState

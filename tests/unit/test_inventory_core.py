@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import itertools
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the project is not installed into the venv
-    sys.path.insert(0, str(ROOT))
-
-from actors.inventory_core import (  # noqa: E402
+from actors.inventory_core import (
     Heartbeat,
     HeartbeatStatus,
     InventoryCore,
     NodeEntry,
 )
-from actors.states import NodeState  # noqa: E402
-from controller.records import hash_secret  # noqa: E402
-from tests.unit.fakes import FakeClock  # noqa: E402
+from actors.states import NodeState
+from controller.records import hash_secret
+from tests.unit.fakes import FakeClock
 
 N = NodeState
 TIMEOUT = 15.0

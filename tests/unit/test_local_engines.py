@@ -12,14 +12,10 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the project is not installed into the venv
-    sys.path.insert(0, str(ROOT))
-
-from adapters.base import PermanentProviderError, WorkloadSpec  # noqa: E402
-from adapters.local import engines, gpu, procs  # noqa: E402
-from adapters.local.adapter import LocalAdapter  # noqa: E402
-from adapters.local.engines import build_engine, mask_argv  # noqa: E402
+from adapters.base import PermanentProviderError, WorkloadSpec
+from adapters.local import engines, gpu, procs
+from adapters.local.adapter import LocalAdapter
+from adapters.local.engines import build_engine, mask_argv
 
 KEY = "sk-deployment-key-123"
 

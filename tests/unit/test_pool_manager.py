@@ -4,29 +4,23 @@ provider reconciliation (adoption, vanished nodes, orphans) and idle scaling."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the project is not installed into the venv
-    sys.path.insert(0, str(ROOT))
-
-from actors.inventory_core import Heartbeat, HeartbeatStatus, InventoryCore  # noqa: E402
-from actors.pool_core import PoolManager, QuotaExceeded, node_token  # noqa: E402
-from actors.retry import RetryPolicy  # noqa: E402
-from actors.states import NodeState  # noqa: E402
-from adapters.base import (  # noqa: E402
+from actors.inventory_core import Heartbeat, HeartbeatStatus, InventoryCore
+from actors.pool_core import PoolManager, QuotaExceeded, node_token
+from actors.retry import RetryPolicy
+from actors.states import NodeState
+from adapters.base import (
     ProviderNodeStatus,
     ProvisionRequest,
     TemporaryProviderError,
     WorkloadSpec,
 )
-from controller.records import PoolRecord, secret_matches  # noqa: E402
-from tests.unit.fakes import (  # noqa: E402
+from controller.records import PoolRecord, secret_matches
+from tests.unit.fakes import (
     FakeAdapter,
     FakeClock,
     FakeInventory,

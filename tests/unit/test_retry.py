@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the project is not installed into the venv
-    sys.path.insert(0, str(ROOT))
-
-from actors.retry import RetryPolicy, with_retry  # noqa: E402
-from adapters.base import PermanentProviderError, TemporaryProviderError  # noqa: E402
-from tests.unit.fakes import RecordingSleep  # noqa: E402
+from actors.retry import RetryPolicy, with_retry
+from adapters.base import PermanentProviderError, TemporaryProviderError
+from tests.unit.fakes import RecordingSleep
 
 NO_JITTER = RetryPolicy(attempts=5, base_s=0.5, cap_s=3.0, jitter=0.0)
 

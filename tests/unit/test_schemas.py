@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the project is not installed into the venv
-    sys.path.insert(0, str(ROOT))
-
-from actors.inventory_core import Heartbeat  # noqa: E402
-from serve_app.schemas import (  # noqa: E402
+from actors.inventory_core import Heartbeat
+from serve_app.schemas import (
     DeploymentCreate,
     DeploymentPatch,
     HeartbeatBatch,

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the project is not installed into the venv
-    sys.path.insert(0, str(ROOT))
-
-from actors.states import (  # noqa: E402
+from actors.states import (
     DEPLOYMENT_ACTIVE,
     DEPLOYMENT_DELETABLE,
     DEPLOYMENT_TRANSITIONS,

@@ -1,0 +1,210 @@
+"""Heartbeat ingestion through the HTTP API: single requests and batches, beside a plain uvicorn app.
+
+    .venv/bin/python -m bench.heartbeats [--seconds 8] [--nodes 1000] [--concurrency 16]
+
+Boots a real control plane in this process (embedded PostgreSQL + Redis, local Ray, Serve), registers
+N nodes with the inventory (tokens known to the bench), then drives POST /inventory/heartbeat from an
+asyncio httpx client in this process. The load generator shares the 2 cores with the server, so the
+absolute figures are lower bounds; the ratio to the plain app measured the same way is the point.
+Set RAY_SERVE_ENABLE_DIRECT_INGRESS=1 to measure Serve's direct ingress (the bench finds the replica's
+own port and drives that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from controller.records import hash_secret
+from controller.services import free_port
+
+
+def _pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
+
+
+async def drive_single(url: str, nodes: list[tuple[str, str]], seconds: float, conc: int) -> dict[str, float]:
+    lat: list[float] = []
+    errors = 0
+    stop = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+    async with httpx.AsyncClient(limits=limits, timeout=10, trust_env=False) as c:
+
+        async def worker(i: int) -> None:
+            nonlocal errors
+            k = i
+            while time.monotonic() < stop:
+                node, tok = nodes[k % len(nodes)]
+                k += conc
+                t0 = time.perf_counter()
+                hdrs = {"authorization": f"Bearer {tok}"}
+                r = await c.post(url, json={"node_id": node, "state": "ready"}, headers=hdrs)
+                lat.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    errors += 1
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker(i) for i in range(conc)))
+        took = time.monotonic() - t0
+    return {
+        "req_s": len(lat) / took,
+        "p50_ms": _pct(lat, 0.5) * 1000,
+        "p99_ms": _pct(lat, 0.99) * 1000,
+        "errors": errors,
+    }
+
+
+async def drive_batched(
+    url: str, nodes: list[tuple[str, str]], seconds: float, conc: int, batch: int
+) -> dict[str, float]:
+    beats = 0
+    lat: list[float] = []
+    stop = time.monotonic() + seconds
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
+
+        async def worker(i: int) -> None:
+            nonlocal beats
+            k = i * batch
+            while time.monotonic() < stop:
+                items = []
+                for j in range(batch):
+                    node, tok = nodes[(k + j) % len(nodes)]
+                    items.append({"node_id": node, "token": tok, "state": "ready"})
+                k += batch * conc
+                t0 = time.perf_counter()
+                r = await c.post(url, json={"heartbeats": items})
+                lat.append(time.perf_counter() - t0)
+                r.raise_for_status()
+                beats += batch
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker(i) for i in range(conc)))
+        took = time.monotonic() - t0
+    return {"beats_s": beats / took, "p99_ms": _pct(lat, 0.99) * 1000, "requests": len(lat)}
+
+
+def ray_footprint() -> tuple[float, float]:
+    """(cpu seconds, RSS MiB) of every Ray process of this session (raylet, gcs, actors, serve)."""
+    cpu = rss = 0.0
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "ray" in cmd and ("default_worker" in cmd or "raylet" in cmd or "gcs_server" in cmd):
+                t = p.cpu_times()
+                cpu += t.user + t.system
+                rss += p.memory_info().rss / 2**20
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return cpu, rss
+
+
+def direct_ingress_url() -> str | None:
+    """With direct ingress the Serve replica listens on its own port (30000-31000)."""
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "ServeReplica:inferia" not in " ".join(p.info["cmdline"] or []):
+                continue
+            for conn in p.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and 30000 <= conn.laddr.port <= 31000:
+                    return f"http://127.0.0.1:{conn.laddr.port}"
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=1000)
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+    import ray
+
+    from actors.runtime import INVENTORY, get_actor
+    from tests.support import controlplane as cpl
+
+    results: dict[str, Any] = {}
+    # -- the plain baseline first, alone on the machine
+    port = free_port()
+    plain = subprocess.Popen([sys.executable, str(Path(__file__).with_name("plain_app.py")), str(port)])
+    try:
+        cpl.wait_for(lambda: _up(f"http://127.0.0.1:{port}"), 20, what="plain app")
+        nodes = [(f"node-{i:05d}", f"tok-{i}") for i in range(args.nodes)]
+        url = f"http://127.0.0.1:{port}/inventory/heartbeat"
+        results["plain_single"] = asyncio.run(drive_single(url, nodes, args.seconds, args.concurrency))
+        results["plain_batched"] = asyncio.run(drive_batched(url, nodes, args.seconds, 4, args.batch))
+    finally:
+        plain.terminate()
+        plain.wait()
+
+    with tempfile.TemporaryDirectory() as d:
+        cp = cpl.start(Path(d), interval_s=5.0)
+        try:
+            inv = get_actor(INVENTORY)
+            pool = cpl.client(cp).create_pool("bench")
+            infos = [
+                {"id": n, "pool_id": pool["id"], "provider": "bench", "state": "ready", "token_hash": hash_secret(t)}
+                for n, t in nodes
+            ]
+            ray.get([inv.register.remote(i) for i in infos])
+            base = direct_ingress_url() if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1" else None
+            url = (base or cp.api_url) + "/inventory/heartbeat"
+            results["mode"] = "direct ingress" if base else "Serve proxy"
+            cpu0, _ = ray_footprint()
+            t0 = time.monotonic()
+            results["ours_single"] = asyncio.run(drive_single(url, nodes, args.seconds, args.concurrency))
+            cpu1, rss = ray_footprint()
+            results["ours_single"]["control_plane_cpu_pct"] = 100 * (cpu1 - cpu0) / (time.monotonic() - t0)
+            results["ours_single"]["control_plane_rss_mib"] = rss
+            results["ours_batched"] = asyncio.run(drive_batched(url, nodes, args.seconds, 4, args.batch))
+            stats = ray.get(inv.stats.remote())
+            results["inventory_heartbeats_total"] = stats["heartbeats_total"]
+        finally:
+            cp.stop()
+
+    ps, os_ = results["plain_single"], results["ours_single"]
+    pb, ob = results["plain_batched"], results["ours_batched"]
+    print(f"\n== heartbeat ingestion ({results['mode']}, {args.concurrency} connections, {args.nodes} nodes)")
+    print(f"single  plain uvicorn : {ps['req_s']:8.0f} req/s  p50 {ps['p50_ms']:.1f} ms  p99 {ps['p99_ms']:.1f} ms")
+    print(
+        f"single  inferia       : {os_['req_s']:8.0f} req/s  p50 {os_['p50_ms']:.1f} ms  p99 {os_['p99_ms']:.1f} ms"
+        f"  errors {os_['errors']}   (target >= 800 req/s, p99 <= 50 ms)"
+    )
+    print(f"        ratio inferia/plain = {os_['req_s'] / ps['req_s']:.2f}   (goal >= 0.25)")
+    print(
+        f"        control plane: {os_['control_plane_cpu_pct']:.0f}% CPU (of 200%), "
+        f"{os_['control_plane_rss_mib']:.0f} MiB RSS (all Ray processes)"
+    )
+    print(f"batched plain uvicorn : {pb['beats_s']:8.0f} beats/s (batches of {args.batch})")
+    print(
+        f"batched inferia       : {ob['beats_s']:8.0f} beats/s  p99 {ob['p99_ms']:.1f} ms   (target >= 10,000 beats/s)"
+    )
+    print(f"        ratio batched/single (inferia) = {ob['beats_s'] / os_['req_s']:.1f}x")
+    print(f"inventory accepted {results['inventory_heartbeats_total']} heartbeats in total")
+
+
+def _up(base: str) -> bool:
+    try:
+        httpx.post(base + "/inventory/heartbeat", json={"node_id": "x"}, timeout=1, trust_env=False)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
