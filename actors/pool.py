@@ -66,6 +66,7 @@ class PoolActor:
                 RayInventory(),
                 token_key=token_key,
                 heartbeat_url=self.cfg.heartbeat_url,
+                heartbeat_fallback_url=self.cfg.heartbeat_fallback_url,
                 heartbeat_interval_s=self.cfg.heartbeat_interval_s,
             )
             await manager.start()

@@ -137,6 +137,7 @@ class PoolManager:
         token_key: str,
         heartbeat_url: str,
         heartbeat_interval_s: float,
+        heartbeat_fallback_url: str | None = None,
         retry: RetryPolicy | None = None,
         drain_period_s: float = 5.0,
         call_timeout_s: float = 300.0,
@@ -149,6 +150,7 @@ class PoolManager:
         self.inventory = inventory
         self.token_key = token_key
         self.heartbeat_url = heartbeat_url
+        self.heartbeat_fallback_url = heartbeat_fallback_url
         self.heartbeat_interval_s = heartbeat_interval_s
         self.retry = retry or RetryPolicy()
         self.drain_period_s = drain_period_s
@@ -270,6 +272,7 @@ class PoolManager:
             node_id=actor.id,
             pool_id=self.pool.id,
             heartbeat_url=self.heartbeat_url,
+            heartbeat_fallback_url=self.heartbeat_fallback_url,
             node_token=token,
             heartbeat_interval_s=self.heartbeat_interval_s,
             workload=actor.workload,

@@ -32,6 +32,10 @@ class RuntimeConfig:
     provision_timeout_s: float = 600.0
     reconcile_interval_s: float = 1.0
     log_level: str = "INFO"
+    # the API replica's own HTTP server (no Serve proxy hop); node agents post heartbeats there
+    api_host: str = "127.0.0.1"
+    data_port: int | None = None
+    data_url: str | None = None
 
     @property
     def heartbeat_timeout_s(self) -> float:
@@ -39,6 +43,13 @@ class RuntimeConfig:
 
     @property
     def heartbeat_url(self) -> str:
+        return (self.data_url or self.public_url).rstrip("/") + "/inventory/heartbeat"
+
+    @property
+    def heartbeat_fallback_url(self) -> str | None:
+        """Serve's proxy port: stable while the direct-ingress replica restarts."""
+        if not self.data_url or self.data_url == self.public_url:
+            return None
         return self.public_url.rstrip("/") + "/inventory/heartbeat"
 
     def to_dict(self) -> dict[str, Any]:

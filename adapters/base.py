@@ -75,6 +75,7 @@ class ProvisionRequest:
     node_token: str
     heartbeat_interval_s: float
     workload: WorkloadSpec | None = None  # None: an idle node (capacity only)
+    heartbeat_fallback_url: str | None = None  # where to post when heartbeat_url is unreachable
     offer: ResourceOffer | None = None
     config: dict[str, Any] = field(default_factory=dict)
 

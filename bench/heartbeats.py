@@ -6,15 +6,18 @@ Boots a real control plane in this process (embedded PostgreSQL + Redis, local R
 N nodes with the inventory (tokens known to the bench), then drives POST /inventory/heartbeat from an
 asyncio httpx client in this process. The load generator shares the 2 cores with the server, so the
 absolute figures are lower bounds; the ratio to the plain app measured the same way is the point.
-Set RAY_SERVE_ENABLE_DIRECT_INGRESS=1 to measure Serve's direct ingress (the bench finds the replica's
-own port and drives that).
+Single heartbeats are measured twice: through Serve's proxy (INFERIA_API_PORT) and through the
+HTTP server of the API replica itself (INFERIA_DATA_PORT, what node agents use).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -94,33 +97,53 @@ async def drive_batched(
     return {"beats_s": beats / took, "p99_ms": _pct(lat, 0.99) * 1000, "requests": len(lat)}
 
 
+def wrk(url: str, body: str, token: str | None, seconds: float, conc: int) -> dict[str, float] | None:
+    """Drive `url` with wrk (Debian's `wrk`), a C load generator: far less client overhead than Python."""
+    exe = shutil.which("wrk")
+    if exe is None:
+        return None
+    hdr = f'wrk.headers["Authorization"] = "Bearer {token}"\n' if token else ""
+    script = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n' + hdr
+    script += f"wrk.body = {json.dumps(body)}\n"
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        out = subprocess.run(
+            [exe, "-t2", f"-c{conc}", f"-d{max(1, int(seconds))}s", "--latency", "-s", f.name, url],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+        ).stdout
+    finally:
+        os.unlink(f.name)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    if not (rps and p50 and p99):
+        raise RuntimeError(f"could not read wrk output:\n{out}")
+    return {
+        "req_s": float(rps.group(1)),
+        "p50_ms": float(p50.group(1)) * scale[p50.group(2)],
+        "p99_ms": float(p99.group(1)) * scale[p99.group(2)],
+        "errors": int(non2xx.group(1)) if non2xx else 0,
+    }
+
+
 def ray_footprint() -> tuple[float, float]:
     """(cpu seconds, RSS MiB) of every Ray process of this session (raylet, gcs, actors, serve)."""
     cpu = rss = 0.0
     for p in psutil.process_iter(["cmdline"]):
         try:
             cmd = " ".join(p.info["cmdline"] or [])
-            if "ray" in cmd and ("default_worker" in cmd or "raylet" in cmd or "gcs_server" in cmd):
+            if cmd.startswith("ray::") or "raylet" in cmd or "gcs_server" in cmd or "default_worker" in cmd:
                 t = p.cpu_times()
                 cpu += t.user + t.system
                 rss += p.memory_info().rss / 2**20
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return cpu, rss
-
-
-def direct_ingress_url() -> str | None:
-    """With direct ingress the Serve replica listens on its own port (30000-31000)."""
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if "ServeReplica:inferia" not in " ".join(p.info["cmdline"] or []):
-                continue
-            for conn in p.net_connections(kind="tcp"):
-                if conn.status == psutil.CONN_LISTEN and 30000 <= conn.laddr.port <= 31000:
-                    return f"http://127.0.0.1:{conn.laddr.port}"
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return None
 
 
 def main() -> None:
@@ -146,7 +169,7 @@ def main() -> None:
         cpl.wait_for(lambda: _up(f"http://127.0.0.1:{port}"), 20, what="plain app")
         nodes = [(f"node-{i:05d}", f"tok-{i}") for i in range(args.nodes)]
         url = f"http://127.0.0.1:{port}/inventory/heartbeat"
-        results["plain_single"] = asyncio.run(drive_single(url, nodes, args.seconds, args.concurrency))
+        results["plain_single"] = single(url, nodes, args)
         results["plain_batched"] = asyncio.run(drive_batched(url, nodes, args.seconds, 4, args.batch))
     finally:
         plain.terminate()
@@ -162,12 +185,12 @@ def main() -> None:
                 for n, t in nodes
             ]
             ray.get([inv.register.remote(i) for i in infos])
-            base = direct_ingress_url() if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1" else None
-            url = (base or cp.api_url) + "/inventory/heartbeat"
-            results["mode"] = "direct ingress" if base else "Serve proxy"
+            results["proxy_single"] = single(cp.api_url + "/inventory/heartbeat", nodes, args)
+            url = cp.data_url + "/inventory/heartbeat"
+            results["mode"] = "replica data port" if cp.data_url != cp.api_url else "Serve proxy"
             cpu0, _ = ray_footprint()
             t0 = time.monotonic()
-            results["ours_single"] = asyncio.run(drive_single(url, nodes, args.seconds, args.concurrency))
+            results["ours_single"] = single(url, nodes, args)
             cpu1, rss = ray_footprint()
             results["ours_single"]["control_plane_cpu_pct"] = 100 * (cpu1 - cpu0) / (time.monotonic() - t0)
             results["ours_single"]["control_plane_rss_mib"] = rss
@@ -177,6 +200,7 @@ def main() -> None:
         finally:
             cp.stop()
 
+    print(f"\nload generator: {'wrk (C)' if shutil.which('wrk') else 'python httpx (shares the CPUs: lower bound)'}")
     ps, os_ = results["plain_single"], results["ours_single"]
     pb, ob = results["plain_batched"], results["ours_batched"]
     print(f"\n== heartbeat ingestion ({results['mode']}, {args.concurrency} connections, {args.nodes} nodes)")
@@ -186,6 +210,11 @@ def main() -> None:
         f"  errors {os_['errors']}   (target >= 800 req/s, p99 <= 50 ms)"
     )
     print(f"        ratio inferia/plain = {os_['req_s'] / ps['req_s']:.2f}   (goal >= 0.25)")
+    px = results["proxy_single"]
+    print(
+        f"single  via Serve proxy: {px['req_s']:7.0f} req/s  p50 {px['p50_ms']:.1f} ms  p99 {px['p99_ms']:.1f} ms"
+        f"   (direct/proxy = {os_['req_s'] / px['req_s']:.1f}x)"
+    )
     print(
         f"        control plane: {os_['control_plane_cpu_pct']:.0f}% CPU (of 200%), "
         f"{os_['control_plane_rss_mib']:.0f} MiB RSS (all Ray processes)"
@@ -196,6 +225,16 @@ def main() -> None:
     )
     print(f"        ratio batched/single (inferia) = {ob['beats_s'] / os_['req_s']:.1f}x")
     print(f"inventory accepted {results['inventory_heartbeats_total']} heartbeats in total")
+
+
+def single(url: str, nodes: list[tuple[str, str]], args: argparse.Namespace) -> dict[str, float]:
+    """Single heartbeats: wrk on one node when available (all requests identical), else the Python driver."""
+    node, tok = nodes[0]
+    body = json.dumps({"node_id": node, "state": "ready"})
+    res = wrk(url, body, tok, args.seconds, args.concurrency)
+    if res is None:
+        res = asyncio.run(drive_single(url, nodes, args.seconds, args.concurrency))
+    return res
 
 
 def _up(base: str) -> bool:

@@ -16,6 +16,7 @@ could not start, 2 bad arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -66,6 +67,8 @@ class AgentConfig:
     engine_log: str | None = None
     post_start_cmd: list[str] | None = None
     probe_key: str | None = None
+    # tried when heartbeat_url cannot be reached (e.g. the API's direct-ingress port while its replica restarts)
+    fallback_url: str | None = None
 
     def __repr__(self) -> str:  # never print the token, the key or the engine env
         return (
@@ -267,11 +270,17 @@ class Agent:
     def _beat(self) -> int | None:
         """POST one heartbeat; the HTTP status, None when the control plane was unreachable."""
         headers = {"Authorization": f"Bearer {self.cfg.token}"}
+        body = self.heartbeat_body()
+        resp: httpx.Response | None = None
         try:
-            resp = self._client.post(self.cfg.heartbeat_url, json=self.heartbeat_body(), headers=headers)
+            resp = self._client.post(self.cfg.heartbeat_url, json=body, headers=headers)
         except httpx.HTTPError as exc:
-            self._note(f"heartbeat failed: {type(exc).__name__}: {mask(str(exc), self._secrets)}")
-            return None
+            if self.cfg.fallback_url:
+                with contextlib.suppress(httpx.HTTPError):
+                    resp = self._client.post(self.cfg.fallback_url, json=body, headers=headers)
+            if resp is None:
+                self._note(f"heartbeat failed: {type(exc).__name__}: {mask(str(exc), self._secrets)}")
+                return None
         if resp.is_success:
             self._note(f"heartbeat ok ({self.state})", level=logging.INFO)
         elif resp.status_code != 410:
@@ -354,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-env", default=None, help="extra engine env as a JSON object (no secrets)")
     p.add_argument("--engine-log", default=None, help="file the engine's output is appended to")
     p.add_argument("--post-start-cmd", default=None, help="argv (JSON list) run once the engine answers")
+    p.add_argument("--heartbeat-fallback-url", default=None, help="used when --heartbeat-url is unreachable")
     return p
 
 
@@ -372,6 +382,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Agent
     return AgentConfig(
         node_id=args.node_id,
         heartbeat_url=args.heartbeat_url,
+        fallback_url=args.heartbeat_fallback_url,
         token=token,
         interval=args.interval,
         endpoint=args.endpoint,

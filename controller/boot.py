@@ -7,6 +7,7 @@ boot only makes sure the actors exist (detached, named, get-if-exists) and waits
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -75,11 +77,21 @@ class ControlPlane:
     _pg: EmbeddedPostgres | None = None
     _redis: EmbeddedRedis | None = None
     _ray_started_here: bool = False
+    _direct: bool = False
 
     @property
     def api_url(self) -> str:
         assert self.settings.public_url is not None
         return self.settings.public_url
+
+    @property
+    def data_url(self) -> str:
+        """The direct-ingress URL of the API replica (same routes as api_url, no proxy hop)."""
+        if not self._direct:
+            return self.api_url
+        host = urlsplit(self.api_url).hostname or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.settings.data_port_or_default}"
 
     def start(self) -> None:
         t0 = time.monotonic()
@@ -115,6 +127,15 @@ class ControlPlane:
             reconcile_interval_s=s.reconcile_interval_s,
             log_level=s.log_level,
         )
+        if s.direct_ingress:
+            # measured here (bench/heartbeats.py): ~240 single heartbeats/s through Serve's proxy actor,
+            # ~1,200/s served by the replica itself. The API replica runs its own HTTP server on data_port
+            # (the same FastAPI app, SO_REUSEADDR so a restarted replica rebinds at once); the proxy keeps
+            # api_port. Node agents post heartbeats to data_port and fall back to api_port.
+            self._direct = True
+            self.cfg = dataclasses.replace(
+                self.cfg, api_host=s.api_host, data_port=s.data_port_or_default, data_url=self.data_url
+            )
         t1 = time.monotonic()
         self._start_ray()
         self.timings["ray_s"] = time.monotonic() - t1
@@ -135,6 +156,7 @@ class ControlPlane:
         if ray.is_initialized():
             return
         address = self.settings.ray_address
+
         kwargs: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": True}
         if address:
             ray.init(address=address, **kwargs)
@@ -172,27 +194,30 @@ class ControlPlane:
         assert self.cfg is not None
         serve.start(http_options={"host": self.settings.api_host, "port": self.settings.api_port})
         serve.run(build(self.cfg, hash_secret(self.api_token)), name=APP_NAME, route_prefix="/", blocking=False)
-        self.wait_healthy()
+        self.wait_healthy(self.api_url)
+        if self._direct:
+            self.wait_healthy(self.data_url)
 
-    def wait_healthy(self, timeout_s: float = 120.0) -> None:
+    def wait_healthy(self, url: str, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
         last: Exception | str | None = None
         with httpx.Client(timeout=5, trust_env=False) as c:
             while time.monotonic() < deadline:
                 try:
-                    r = c.get(self.api_url + "/healthz")
+                    r = c.get(url + "/healthz")
                     if r.status_code == 200:
                         return
                     last = f"HTTP {r.status_code}"
                 except httpx.HTTPError as exc:
                     last = exc
                 time.sleep(0.2)
-        raise RuntimeError(f"API did not become healthy at {self.api_url}: {last}")
+        raise RuntimeError(f"API did not become healthy at {url}: {last}")
 
     def _write_runtime(self, dsn: str, rurl: str) -> None:
         info = {
             "pid": os.getpid(),
             "api_url": self.api_url,
+            "data_url": self.data_url,
             "postgres_embedded": self._pg is not None,
             "redis_embedded": self._redis is not None,
             "redis_url": rurl if self._redis is not None else None,

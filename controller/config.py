@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     api_host: str = Field(default="127.0.0.1", validation_alias="INFERIA_API_HOST")
     api_port: int = Field(default=8000, ge=1, le=65535, validation_alias="INFERIA_API_PORT")
     api_token: SecretStr | None = Field(default=None, validation_alias="INFERIA_API_TOKEN")
+    # Serve direct ingress: the API replica also serves HTTP itself on this port (no proxy hop); node agents
+    # send heartbeats there. Default: api_port + 1. Only with a Ray that `up` starts itself.
+    direct_ingress: bool = Field(default=True, validation_alias="INFERIA_DIRECT_INGRESS")
+    data_port: int | None = Field(default=None, ge=1, le=65535, validation_alias="INFERIA_DATA_PORT")
     heartbeat_interval_s: float = Field(default=5.0, gt=0, validation_alias="INFERIA_HEARTBEAT_INTERVAL_S")
     heartbeat_misses: int = Field(default=3, ge=1, validation_alias="INFERIA_HEARTBEAT_MISSES")
     # how long a replica may stay unhealthy before the deployment actor replaces it
@@ -59,6 +63,10 @@ class Settings(BaseSettings):
                 host = f"[{host}]"
             self.public_url = f"http://{host}:{self.api_port}"
         return self
+
+    @property
+    def data_port_or_default(self) -> int:
+        return self.data_port or (self.api_port + 1 if self.api_port < 65535 else self.api_port - 1)
 
     @property
     def heartbeat_timeout_s(self) -> float:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from typing import Any
 
+import uvicorn
 from fastapi import Depends, FastAPI, Request
 from ray import serve
 
@@ -51,9 +54,13 @@ app = create_app(None)
 )
 @serve.ingress(app)
 class ApiIngress:
-    """One Serve replica: its AppContext holds storage, caches and the heartbeat batcher."""
+    """One Serve replica: its AppContext holds storage, caches and the heartbeat batcher.
 
-    def __init__(self, cfg: dict[str, Any], api_token_hash: str) -> None:
+    Besides Serve's proxy (api_port), the replica serves the same app on its own port (data_port):
+    the hot paths (heartbeats, routing-table reads, the inference proxy) skip the proxy actor hop.
+    """
+
+    async def __init__(self, cfg: dict[str, Any], api_token_hash: str) -> None:  # type: ignore[misc]  # Serve awaits it
         rc = RuntimeConfig(**cfg)
         setup_logging(rc.log_level)
         self.ctx = AppContext(rc, api_token_hash)
@@ -61,6 +68,30 @@ class ApiIngress:
         from serve_app import context as shared
 
         shared.CURRENT[:] = [self.ctx]
+        self._data_task: asyncio.Task[None] | None = None
+        if rc.data_port:
+            sock = bind_reusable(rc.api_host, rc.data_port)
+            config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+            self._data_server = uvicorn.Server(config)
+            self._data_task = asyncio.get_running_loop().create_task(self._data_server.serve(sockets=[sock]))
+
+    async def check_health(self) -> None:
+        if self._data_task is not None and self._data_task.done():
+            raise RuntimeError("the data-plane HTTP server stopped")
+
+
+def bind_reusable(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"data port {host}:{port} is not free: {exc}") from exc
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
 
 
 def build(cfg: RuntimeConfig, api_token_hash: str) -> Any:

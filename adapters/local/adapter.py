@@ -226,6 +226,7 @@ class LocalAdapter(ProviderAdapter):
             req.node_id,
             "--heartbeat-url",
             req.heartbeat_url,
+            *(["--heartbeat-fallback-url", req.heartbeat_fallback_url] if req.heartbeat_fallback_url else []),
             "--interval",
             str(req.heartbeat_interval_s),
             "--engine-log",

@@ -4,6 +4,8 @@ gets it replaced, survives a control-plane restart (engines adopted), and is del
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
@@ -95,7 +97,12 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
     try:
         yield c
     finally:
+        runtime = data_dir / "runtime.json"
+        pid = json.loads(runtime.read_text())["pid"] if runtime.exists() else None
         c("down", check=False, timeout=180)
+        if pid is not None and psutil.pid_exists(pid):  # `down` failed: take its whole session with it
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
         cpl.kill_all(cpl.processes_under(data_dir))
 
 

@@ -25,6 +25,7 @@ def settings_for(data_dir: Path, port: int, interval_s: float = 1.0) -> Settings
     return Settings(  # type: ignore[call-arg]
         INFERIA_DATA_DIR=str(data_dir),
         INFERIA_API_PORT=port,
+        INFERIA_DATA_PORT=free_port(),
         INFERIA_HEARTBEAT_INTERVAL_S=interval_s,
         INFERIA_HEARTBEAT_MISSES=3,
         INFERIA_API_TOKEN=None,

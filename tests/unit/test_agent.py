@@ -119,6 +119,7 @@ class AgentRunner:
         engine_env: dict[str, str] | None = None,
         probe_key: str | None = None,
         interval: float = INTERVAL,
+        fallback: Receiver | None = None,
     ) -> subprocess.Popen[bytes]:
         argv = [
             sys.executable,
@@ -138,6 +139,8 @@ class AgentRunner:
             argv += ["--engine-cmd", json.dumps(engine)]
         if post_start is not None:
             argv += ["--post-start-cmd", json.dumps(post_start)]
+        if fallback is not None:
+            argv += ["--heartbeat-fallback-url", fallback.url]
         env = {**os.environ, "PYTHONPATH": str(ROOT), agent_mod.TOKEN_ENV: TOKEN}
         if engine_env is not None:
             env[agent_mod.ENGINE_ENV_ENV] = json.dumps(engine_env)
@@ -305,6 +308,14 @@ def test_keeps_trying_while_control_plane_is_down(runner: AgentRunner, receiver:
     time.sleep(1.5)
     assert proc.poll() is None
     assert TOKEN not in runner.agent_log()
+
+
+def test_uses_the_fallback_url_when_the_primary_is_unreachable(runner: AgentRunner, receiver: Receiver) -> None:
+    dead = Receiver()
+    dead.server_close()  # e.g. the direct-ingress port while the API replica restarts
+    proc = runner.start(dead, fallback=receiver)
+    wait_for(lambda: len(receiver.states()) >= 2, what="heartbeats through the fallback URL")
+    assert proc.poll() is None
 
 
 def test_idle_node_heartbeats_ready(receiver: Receiver, runner: AgentRunner) -> None:
