@@ -381,6 +381,14 @@ class PoolManager:
                 await actor.stop()
                 self._forget(node_id)
                 report["vanished"].append(node_id)
+        # leftovers of nodes that died and are no longer tracked (e.g. failed before a restart)
+        list_dead = getattr(self.adapter, "list_dead", None)
+        if callable(list_dead):
+            with contextlib.suppress(ProviderError):
+                for node_id in await list_dead(self.pool.id):
+                    if node_id not in self.nodes:
+                        await self.adapter.deprovision_node(NodeRef(node_id, self.pool.id))
+                        report["vanished"].append(node_id)
         cleanup = bool(self.pool.provider_config.get("cleanup_orphans", True))
         for node_id, pn in by_id.items():
             report["orphans"].append(node_id)
