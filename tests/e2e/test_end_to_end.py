@@ -45,6 +45,7 @@ class Cli:
         self.env.update(
             INFERIA_DATA_DIR=str(data_dir),
             INFERIA_API_PORT=str(port),
+            INFERIA_DATA_PORT=str(free_port()),
             INFERIA_HEARTBEAT_INTERVAL_S=str(INTERVAL_S),
             COLUMNS="200",
         )
