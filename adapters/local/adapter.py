@@ -148,9 +148,13 @@ class LocalAdapter(ProviderAdapter):
         gpus = self._gpus()
         port: int | None = None
         spec: EngineSpec | None = None
+        gpu_indices: list[int] = []
         if workload is not None:
             port = self._pick_port(workload)
             spec = build_engine(workload, self.host, port, available_gpus=len(gpus))
+            gpu_indices = self._assign_gpus(workload.gpus, gpus)
+            if gpus:  # pin the engine to its own GPUs (none at all for a CPU-only model)
+                spec.env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_indices)
         endpoint = f"http://{self._url_host()}:{port}" if port is not None else None
 
         argv = self._agent_argv(req, node_dir, spec, endpoint)
@@ -182,6 +186,7 @@ class LocalAdapter(ProviderAdapter):
             "command": spec.masked_argv() if spec is not None else None,
             "gpu_type": gpus[0].name if gpus and gpu_count else None,
             "gpu_count": gpu_count,
+            "gpu_indices": gpu_indices,
         }
         try:
             procs.write_json_atomic(node_dir / NODE_FILE, record)
@@ -190,6 +195,23 @@ class LocalAdapter(ProviderAdapter):
             raise TemporaryProviderError(f"could not write the node record of {req.node_id}: {exc}") from exc
         log.info("started node %s: agent pid %d, endpoint %s", req.node_id, pid, endpoint)
         return self._to_node(record)
+
+    def _assign_gpus(self, wanted: int, gpus: list[GpuInfo]) -> list[int]:
+        """GPU indices for a new node: ones no live node of any pool on this machine holds."""
+        if wanted <= 0:
+            return []
+        used: set[int] = set()
+        for record_path in self.nodes_root.glob("*/*/" + NODE_FILE):
+            rec = procs.read_json(record_path)
+            if rec and procs.pid_alive(rec.get("pid"), rec.get("create_time")):
+                used.update(int(i) for i in rec.get("gpu_indices") or [])
+        free = [g.index for g in gpus if g.index not in used]
+        if len(free) < wanted:
+            raise TemporaryProviderError(
+                f"{len(gpus) - len(free)} of this machine's {len(gpus)} GPUs are held by other nodes; "
+                f"{wanted} more are needed"
+            )
+        return free[:wanted]
 
     def _url_host(self) -> str:
         if self.host in ("0.0.0.0", "::"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from adapters.base import (
     ProviderNodeStatus,
     ProvisionedNode,
     ProvisionRequest,
+    TemporaryProviderError,
     WorkloadSpec,
 )
 from adapters.local import procs
@@ -300,3 +302,44 @@ async def test_status_of_unknown_node(adapter: LocalAdapter) -> None:
     assert status.status == ProviderNodeStatus.TERMINATED and status.reason == "not found"
     assert await adapter.get_logs(NodeRef("nothing", POOL)) == []
     await adapter.deprovision_node(NodeRef("nothing", POOL))
+
+
+async def test_gpus_are_pinned_per_node(tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a (simulated) 2-GPU machine each node gets its own GPU via CUDA_VISIBLE_DEVICES; a third waits."""
+    from adapters.local import adapter as adapter_mod
+    from adapters.local.gpu import GpuInfo
+
+    fake = [GpuInfo(0, "NVIDIA H100", 81559), GpuInfo(1, "NVIDIA H100", 81559)]
+    monkeypatch.setattr(adapter_mod, "detect_gpus", lambda: fake)
+    data_dir = tmp_path / "gpu"
+    inst = LocalAdapter(POOL, {"port_range": [21000, 28999]}, str(data_dir))
+    try:
+        wl = dataclasses.replace(fake_workload(key=None), gpus=1)
+        a = await inst.provision_node(request(receiver, "g1", wl))
+        b = await inst.provision_node(request(receiver, "g2", wl))
+        records = [json.loads((node_dir(inst, n) / "node.json").read_text()) for n in ("g1", "g2")]
+        assert sorted(i for r in records for i in r["gpu_indices"]) == [0, 1]
+        assert a.gpu_type == "NVIDIA H100" and a.gpu_count == 1
+        # the engine really runs with its own device list
+        _, engine_env = await asyncio.to_thread(_engine_env, a.resources["agent_pid"])
+        assert engine_env.get("CUDA_VISIBLE_DEVICES") == str(records[0]["gpu_indices"][0])
+        with pytest.raises(TemporaryProviderError, match="GPUs are held by other nodes"):
+            await inst.provision_node(request(receiver, "g3", wl))
+        await inst.deprovision_node(ref(b))  # frees GPU 1
+        c = await inst.provision_node(request(receiver, "g3", wl))
+        assert json.loads((node_dir(inst, "g3") / "node.json").read_text())["gpu_indices"] == records[1]["gpu_indices"]
+        await inst.deprovision_node(ref(c))
+        await inst.deprovision_node(ref(a))
+    finally:
+        await inst.close()
+        await asyncio.to_thread(_kill_everything, data_dir)
+
+
+def _engine_env(agent_pid: int) -> tuple[int, dict[str, str]]:
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        kids = psutil.Process(agent_pid).children()
+        if kids:
+            return kids[0].pid, kids[0].environ()
+        time.sleep(0.05)
+    raise AssertionError("the engine did not start")
