@@ -34,6 +34,9 @@ class RayInventory:
     async def transition(self, node_id: str, state: NodeState, reason: str | None) -> bool:
         return bool(await self.handle.transition.remote(node_id, str(state), reason))
 
+    async def heartbeats(self, beats: list[dict[str, Any]]) -> list[Any]:
+        return list(await self.handle.heartbeats.remote(beats))
+
 
 @ray.remote
 class PoolActor:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from actors.retry import RetryPolicy, Sleep, with_retry
 from actors.states import NODE_ALIVE, NodeState
 from adapters.base import (
+    NodeHealth,
     NodeRef,
     PermanentProviderError,
     ProviderAdapter,
@@ -42,6 +43,7 @@ class QuotaExceeded(Exception):
 class InventoryPort(Protocol):
     async def register(self, info: dict[str, Any]) -> None: ...
     async def transition(self, node_id: str, state: NodeState, reason: str | None) -> bool: ...
+    async def heartbeats(self, beats: list[dict[str, Any]]) -> list[Any]: ...
 
 
 class StorePort(Protocol):
@@ -159,6 +161,8 @@ class PoolManager:
         self.sleep = sleep
         self.nodes: dict[str, NodeActor] = {}
         self._lock = asyncio.Lock()
+        self._health: dict[str, NodeHealth] = {}  # last provider-reported health (reports_health adapters)
+        self._health_tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------ boot
     async def start(self) -> None:
@@ -172,11 +176,68 @@ class PoolManager:
                 if rec.state == NodeState.DRAINING:
                     actor.send(Cmd.TERMINATE, rec.state_reason or "drained")
         await self.reconcile_provider(boot=True)
+        if self.adapter.capabilities.reports_health and not self._health_tasks:
+            self._health_tasks = [
+                asyncio.create_task(self._run_health_watch(), name=f"health-watch:{self.pool.id}"),
+                asyncio.create_task(self._repeat_health(), name=f"health-repeat:{self.pool.id}"),
+            ]
 
     async def shutdown(self) -> None:
+        for task in self._health_tasks:
+            task.cancel()
         for actor in list(self.nodes.values()):
             await actor.stop()
         await self.adapter.close()
+
+    # ------------------------------------------------------------ provider-reported health
+    async def _run_health_watch(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self.adapter.watch_health(self.report_health)
+                delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("pool %s: health watch failed (%s); restarting in %.1fs", self.pool.id, exc, delay)
+                self._health.clear()  # unknown until the watch is back: no heartbeats meanwhile
+            await self.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _repeat_health(self) -> None:
+        while True:
+            await self.sleep(self.heartbeat_interval_s)
+            try:
+                await self._send_health(list(self._health.values()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("pool %s: sending provider health failed", self.pool.id)
+
+    async def report_health(self, items: list[NodeHealth]) -> None:
+        """Called by the adapter's watch: remember, and send at once as heartbeats."""
+        fresh = [h for h in items if h.node_id in self.nodes]
+        for h in fresh:
+            self._health[h.node_id] = h
+        for gone in [n for n in self._health if n not in self.nodes]:
+            self._health.pop(gone, None)
+        await self._send_health(fresh)
+
+    async def _send_health(self, items: list[NodeHealth]) -> None:
+        if not items:
+            return
+        beats = [
+            {
+                "token": node_token(self.token_key, h.node_id),
+                "node_id": h.node_id,
+                "state": h.state,
+                "health_score": h.health_score,
+                "endpoint": h.endpoint,
+                "reason": h.reason,
+            }
+            for h in items
+        ]
+        await self.inventory.heartbeats(beats)
 
     def _info(self, rec: NodeRecord, workload: WorkloadSpec | None = None) -> dict[str, Any]:
         info: dict[str, Any] = {

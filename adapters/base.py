@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -27,6 +28,8 @@ class Capabilities:
     needs_sidecar: bool = False
     container_native: bool = False
     gpus: bool = False
+    # the provider itself reports node health (watch_health) instead of a node agent heartbeating
+    reports_health: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,20 @@ class ProvisionedNode:
     resources: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class NodeHealth:
+    """One node's health as the provider sees it (e.g. a pod's readiness), turned into a heartbeat."""
+
+    node_id: str
+    state: str  # starting | ready | failed
+    endpoint: str | None = None
+    reason: str | None = None
+    health_score: int = 100
+
+
+HealthReporter = Callable[[list[NodeHealth]], Awaitable[None]]
+
+
 class ProviderAdapter(ABC):
     """Async provider contract. Every method is idempotent; errors are ProviderError subclasses."""
 
@@ -157,6 +174,12 @@ class ProviderAdapter(ABC):
 
     @abstractmethod
     async def get_logs(self, node: NodeRef, tail: int = 100) -> list[str]: ...
+
+    async def watch_health(self, report: HealthReporter) -> None:  # noqa: B027 - optional hook
+        """For `reports_health` providers: run until cancelled, calling `report` with every change of
+        the nodes' health (and a full list after each (re)list). The pool turns each report into
+        heartbeats for those nodes and repeats the last known health every heartbeat interval while
+        this method runs. Raise to have it restarted with backoff. Default: node agents heartbeat."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients; default: nothing to release."""

@@ -259,6 +259,11 @@ class FakeInventory:
         self.flush()
         return res
 
+    async def heartbeats(self, beats: list[dict[str, Any]]) -> list[Any]:
+        results = self.core.heartbeat_batch(Heartbeat(**b) for b in beats)
+        self.flush()
+        return [(int(r.status), r.node_id, r.message) for r in results]
+
     def flush(self) -> None:
         states, _beats = self.core.take_writes()
         if self.store is not None:

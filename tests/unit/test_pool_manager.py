@@ -626,3 +626,24 @@ async def test_scale_idle_down_to_target(env: Env) -> None:
     await wait_until(lambda: len(env.manager.nodes) == 1, what="surplus terminated")
     assert len(env.adapter.instances) == 1
     assert await env.manager.scale_idle() == []
+
+
+# ------------------------------------------------------------------------------- provider-reported health
+async def test_provider_reported_health_becomes_heartbeats(env: Env) -> None:
+    """A reports_health adapter (e.g. pods' readiness) drives node health through the normal heartbeat path."""
+    from adapters.base import NodeHealth
+
+    await provisioned(env, "n1")
+    await env.manager.report_health([NodeHealth("n1", "ready", endpoint="http://svc:8000")])
+    assert env.inventory.state("n1") == NodeState.READY
+    routes = env.inventory.core.routing_table()["models"]
+    assert [r["endpoint"] for r in next(iter(routes.values()))] == ["http://svc:8000"]
+    # a node the pool does not know is ignored, and never becomes known
+    await env.manager.report_health([NodeHealth("stranger", "ready")])
+    assert "stranger" not in env.inventory.core.nodes
+    # the last known health is repeated (no change needed) and a failure makes the node unhealthy
+    await env.manager._send_health(list(env.manager._health.values()))
+    assert env.inventory.state("n1") == NodeState.READY
+    await env.manager.report_health([NodeHealth("n1", "failed", reason="pod not ready: CrashLoopBackOff")])
+    assert env.inventory.state("n1") == NodeState.UNHEALTHY
+    assert env.inventory.core.nodes["n1"].reason == "pod not ready: CrashLoopBackOff"
