@@ -133,7 +133,10 @@ class DeploymentPlanner:
         for n in live:
             state = NodeState(n["state"])
             in_state = float(n.get("seconds_in_state") or 0.0)
-            if state == NodeState.UNHEALTHY and in_state >= self.replace_grace_s:
+            # hysteresis: a node that only missed heartbeats gets replace_grace_s to come back (no
+            # replacement storm from a flapping network); one that reported its own failure goes at once
+            grace = 0.0 if n.get("failed_by_node") else self.replace_grace_s
+            if state == NodeState.UNHEALTHY and in_state >= grace:
                 out.append(RemoveReplica(d.id, n["id"], f"unhealthy: {n.get('reason') or 'missed heartbeats'}"))
                 continue
             if state == NodeState.PROVISIONING and in_state >= self.provision_timeout_s:

@@ -60,6 +60,7 @@ class NodeEntry:
     health_score: int | None = None
     engine_ready: bool = False
     reason: str | None = None
+    failed_by_node: bool = False  # the node itself reported the failure (not just silence)
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def view(self, now: float) -> dict[str, Any]:
@@ -75,6 +76,7 @@ class NodeEntry:
             "health_score": self.health_score,
             "engine_ready": self.engine_ready,
             "reason": self.reason,
+            "failed_by_node": self.failed_by_node,
             "seconds_since_heartbeat": round(now - self.last_seen, 3) if self.last_seen else None,
             "seconds_in_state": round(now - self.state_since, 3),
             "metrics": self.metrics,
@@ -211,6 +213,7 @@ class InventoryCore:
             self._dirty = True
         self._beat_writes[entry.id] = (datetime.fromtimestamp(self.wall(), UTC), entry.health_score)
         if hb.state == "ready":
+            entry.failed_by_node = False
             if not entry.engine_ready:
                 entry.engine_ready = True
                 self._dirty = True
@@ -218,6 +221,7 @@ class InventoryCore:
                 self.transition(entry.id, NodeState.READY)
         elif hb.state == "failed":
             entry.engine_ready = False
+            entry.failed_by_node = True
             self._dirty = True
             if entry.state == NodeState.READY:
                 self.transition(entry.id, NodeState.UNHEALTHY, hb.reason or "node reported failure")

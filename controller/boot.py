@@ -122,7 +122,7 @@ class ControlPlane:
             public_url=s.public_url,
             heartbeat_interval_s=s.heartbeat_interval_s,
             heartbeat_misses=s.heartbeat_misses,
-            replace_grace_s=s.replace_grace_s,
+            replace_grace_s=s.replace_grace_s if s.replace_grace_s is not None else 2 * s.heartbeat_interval_s,
             provision_timeout_s=s.provision_timeout_s,
             reconcile_interval_s=s.reconcile_interval_s,
             log_level=s.log_level,

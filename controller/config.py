@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=5.0, gt=0, validation_alias="INFERIA_HEARTBEAT_INTERVAL_S")
     heartbeat_misses: int = Field(default=3, ge=1, validation_alias="INFERIA_HEARTBEAT_MISSES")
     # how long a replica may stay unhealthy before the deployment actor replaces it
-    replace_grace_s: float = Field(default=0.0, ge=0, validation_alias="INFERIA_REPLACE_GRACE_S")
+    # unset: two heartbeat intervals. A node that reported its own failure is replaced at once.
+    replace_grace_s: float | None = Field(default=None, ge=0, validation_alias="INFERIA_REPLACE_GRACE_S")
     # how long a node may stay in `provisioning` without a ready heartbeat before it is failed
     provision_timeout_s: float = Field(default=600.0, gt=0, validation_alias="INFERIA_PROVISION_TIMEOUT_S")
     reconcile_interval_s: float = Field(default=1.0, gt=0, validation_alias="INFERIA_RECONCILE_INTERVAL_S")

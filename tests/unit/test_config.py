@@ -56,7 +56,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert s.redis_port == 6379
     assert s.postgres_dsn is None and s.redis_host is None  # embedded servers
     assert s.api_token is None and s.redis_password is None and s.nosana_internal_api_key is None
-    assert s.replace_grace_s == 0.0
+    assert s.replace_grace_s is None  # boot uses two heartbeat intervals
     assert s.provision_timeout_s == 600.0
     assert s.reconcile_interval_s == 1.0
     assert s.ray_address is None

@@ -430,3 +430,30 @@ def test_engine_that_keeps_failing_to_start_fails_the_deployment(clock: FakeCloc
             break
     assert d.state == D.FAILED, f"still {d.state} after creating {counter[0]} replicas"
     assert counter[0] <= 4
+
+
+def test_hysteresis_silent_node_gets_grace_self_reported_failure_does_not() -> None:
+    """A node that only missed heartbeats may come back within the grace (no replacement storm from a
+    flapping network); one whose agent reported the failure (engine exited) is replaced at once."""
+    clock = FakeClock()
+    planner = DeploymentPlanner(replace_grace_s=10.0, clock=clock)
+    dep = DeploymentView("d1", DeploymentState.RUNNING, 2)
+    silent = {
+        "id": "a",
+        "deployment_id": "d1",
+        "state": "unhealthy",
+        "seconds_in_state": 4.0,
+        "reason": "no heartbeat for 15.0s",
+        "failed_by_node": False,
+        "engine_ready": False,
+    }
+    ready = {"id": "b", "deployment_id": "d1", "state": "ready", "seconds_in_state": 50.0, "engine_ready": True}
+    actions = planner.plan([dep], [silent, ready])
+    assert not any(isinstance(a, RemoveReplica) for a in actions)
+    assert not any(isinstance(a, CreateReplicas) for a in actions)
+    crashed = dict(silent, failed_by_node=True, reason="engine exited with code -9")
+    actions = planner.plan([dep], [crashed, ready])
+    assert any(isinstance(a, RemoveReplica) and a.node_id == "a" for a in actions)
+    assert any(isinstance(a, CreateReplicas) and a.count == 1 for a in actions)
+    past_grace = dict(silent, seconds_in_state=10.0)
+    assert any(isinstance(a, RemoveReplica) for a in planner.plan([dep], [past_grace, ready]))
