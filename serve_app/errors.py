@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -49,6 +50,18 @@ def install(app: FastAPI) -> None:
         return JSONResponse(
             {"code": "invalid_request", "message": f"{field}: {msg}", "field": field, "errors": details},
             status_code=422,
+        )
+
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg.CannotConnectNowError)
+    @app.exception_handler(OSError)  # ConnectionRefusedError, a vanished unix socket, ...
+    async def _db_down(_: Request, exc: Exception) -> JSONResponse:
+        # the database (or another backing service) is unreachable: the client may retry
+        return JSONResponse(
+            {"code": "unavailable", "message": f"a backing service is unavailable ({type(exc).__name__}); retry"},
+            status_code=503,
+            headers={"retry-after": "2"},
         )
 
     @app.exception_handler(StarletteHTTPException)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Any
 
+import httpx
 import redis
 
 from controller.boot import ControlPlane
@@ -44,3 +46,39 @@ def test_redis_down_routing_still_served_and_publishing_resumes(control_plane: C
     api.delete_deployment(dep["id"])
     cpl.wait_for(lambda: not any(d["id"] == dep["id"] for d in api.list_deployments()), 60, what="deleted")
     r.close()
+
+
+def test_postgres_restart_api_answers_503_then_recovers(control_plane: ControlPlane, api: Client) -> None:
+    """While PostgreSQL is down the API answers 503 (retryable, JSON), never a bare 500; afterwards
+    everything works again and nothing was half-written."""
+    assert control_plane._pg is not None
+    before = len(api.list_pools())
+    control_plane._pg.stop()
+    try:
+        r = httpx.get(
+            control_plane.api_url + "/v1/pools",
+            headers={"authorization": f"Bearer {control_plane.api_token}"},
+            timeout=30,
+            trust_env=False,
+        )
+        assert r.status_code == 503, r.text
+        assert r.json()["code"] == "unavailable"
+        r = httpx.post(
+            control_plane.api_url + "/v1/pools",
+            json={"name": f"pg-{uuid.uuid4().hex[:6]}"},
+            headers={"authorization": f"Bearer {control_plane.api_token}"},
+            timeout=30,
+            trust_env=False,
+        )
+        assert r.status_code == 503, r.text
+    finally:
+        control_plane._pg.start()
+    _ok, pools = cpl.wait_for(lambda: _try(api.list_pools), 30, what="API back")
+    assert len(pools) == before  # the refused create left nothing behind
+
+
+def _try(fn: Any) -> tuple[bool, Any] | None:
+    try:
+        return True, fn()
+    except Exception:
+        return None
