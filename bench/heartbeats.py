@@ -116,10 +116,36 @@ def wrk(url: str, body: str, token: str | None, seconds: float, conc: int) -> di
         ).stdout
     finally:
         os.unlink(f.name)
+    return _parse_wrk(out)
+
+
+def wrk_get(url: str, token: str, etag: str | None, seconds: float, conc: int = 16) -> dict[str, float]:
+    """GET `url` with wrk (needed: Debian's `wrk`); with `etag`, an If-None-Match request (304s count as ok)."""
+    exe = shutil.which("wrk")
+    if exe is None:
+        raise SystemExit("this benchmark needs wrk (apt-get install wrk)")
+    script = f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+    if etag is not None:
+        script += f'wrk.headers["If-None-Match"] = \'"{etag}"\'\n'
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        out = subprocess.run(
+            [exe, "-t2", f"-c{conc}", f"-d{max(1, int(seconds))}s", "--latency", "-s", f.name, url],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+        ).stdout
+    finally:
+        os.unlink(f.name)
+    return _parse_wrk(out)
+
+
+def _parse_wrk(out: str) -> dict[str, float]:
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     if not (rps and p50 and p99):
         raise RuntimeError(f"could not read wrk output:\n{out}")
@@ -127,7 +153,7 @@ def wrk(url: str, body: str, token: str | None, seconds: float, conc: int) -> di
         "req_s": float(rps.group(1)),
         "p50_ms": float(p50.group(1)) * scale[p50.group(2)],
         "p99_ms": float(p99.group(1)) * scale[p99.group(2)],
-        "errors": int(non2xx.group(1)) if non2xx else 0,
+        "errors": int(bad.group(1)) if bad else 0,
     }
 
 
