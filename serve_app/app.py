@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from typing import Any
 
@@ -13,12 +14,19 @@ from ray import serve
 from actors.runtime import RuntimeConfig, setup_logging
 from serve_app import context, errors, routes_admin, routes_data
 from serve_app.context import AppContext
+from serve_app.errors import ApiError
 
 API_DEPLOYMENT = "inferia-api"
 APP_NAME = "inferia"
 
 
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 async def _started(request: Request) -> None:
+    for name, value in request.path_params.items():
+        if not _ID.fullmatch(str(value)):  # no id or name of ours looks like this: it cannot exist
+            raise ApiError(404, "not_found", f"{name} {str(value)[:64]!r} not found", name)
     ctx: AppContext | None = getattr(request.app.state, "ctx", None)
     if ctx is None:
         ctx = request.app.state.ctx = context.CURRENT[0]

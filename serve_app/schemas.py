@@ -17,8 +17,32 @@ def _name(v: str) -> str:
     return v
 
 
+def _find_nul(value: Any, path: str) -> str | None:
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            hit = _find_nul(k, path) or _find_nul(v, f"{path}.{k}" if path else str(k))
+            if hit is not None:
+                return hit
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            hit = _find_nul(v, f"{path}.{i}" if path else str(i))
+            if hit is not None:
+                return hit
+    return None
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        hit = _find_nul(data, "")
+        if hit is not None:
+            raise ValueError(f"{hit or 'body'}: NUL characters are not allowed")
+        return data
 
 
 class PoolCreate(Strict):
