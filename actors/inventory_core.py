@@ -228,6 +228,8 @@ class InventoryCore:
             elif entry.state == NodeState.PROVISIONING:  # never came up: counts as a failed replica
                 self.transition(entry.id, NodeState.FAILED, hb.reason or "node reported failure")
         else:  # starting
+            if hb.reason:  # e.g. why a pod is still pending: shown to the user on the node/deployment
+                entry.reason = hb.reason
             if entry.engine_ready:
                 entry.engine_ready = False
                 self._dirty = True

