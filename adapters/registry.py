@@ -17,6 +17,7 @@ BUILTINS: dict[str, str] = {
     "local": "adapters.local.adapter:LocalAdapter",
     "kubernetes": "adapters.kubernetes.adapter:KubernetesAdapter",
     "skypilot": "adapters.skypilot.adapter:SkyPilotAdapter",
+    "nosana": "adapters.nosana.adapter:NosanaAdapter",
 }
 
 _extra: dict[str, type[ProviderAdapter]] = {}
