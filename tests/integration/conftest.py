@@ -8,10 +8,25 @@ import pytest
 from controller.boot import ControlPlane
 from controller.client import Client
 from tests.support import controlplane as cpl
+from tests.support import skypilot_catalog
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+def provider_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Environment the Ray workers inherit, so it is set before Ray starts: the SkyPilot provider runs on
+    fixture catalogs (SKY_RUNTIME_DIR) with the fake client, whose "VMs" live under the data dir."""
+    mp = pytest.MonkeyPatch()
+    skypilot_catalog.install(tmp_path_factory.mktemp("sky"))
+    mp.setenv("INFERIA_SKYPILOT_CLIENT", "tests.support.skypilot_fake:factory")
+    mp.setenv("SKYPILOT_DISABLE_USAGE_COLLECTION", "1")
+    try:
+        yield
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory, provider_env: None) -> Iterator[ControlPlane]:
     """One real control plane for the integration session: embedded Postgres + Redis, local Ray, Serve."""
     data_dir: Path = tmp_path_factory.mktemp("inferia")
     cp = cpl.start(data_dir, interval_s=1.0)
