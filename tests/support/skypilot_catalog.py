@@ -68,4 +68,13 @@ def install(base: Path | None = None) -> Path:
     common = sys.modules.get("sky.catalog.common")
     if common is not None:
         common._ABSOLUTE_VERSIONED_CATALOG_DIR = str(root)  # type: ignore[attr-defined]
+    # catalogs already opened by this process keep the path they were opened with: make sure the fixture
+    # files exist there too (else SkyPilot would try to download them)
+    registry = sys.modules.get("sky.utils.accelerator_registry")
+    lazy = getattr(registry, "_accelerator_df", None)
+    opened = getattr(lazy, "_filename", None)
+    if opened:
+        home = Path(opened).parents[4]  # <home>/.sky/catalogs/v8/common/accelerators.csv
+        if home != runtime:
+            write(home)
     return root

@@ -37,6 +37,12 @@ FAKE_ENGINE = str(ROOT / "tests" / "support" / "fake_engine.py")
 
 
 @pytest.fixture(autouse=True)
+def _fixture_catalogs() -> None:
+    """Other tests in the same process (the SkyPilot API-server test) may point sky elsewhere: re-point."""
+    skypilot_catalog.install()
+
+
+@pytest.fixture(autouse=True)
 def _no_vm_left(tmp_path: Path) -> Iterator[None]:
     yield
     stop_all(fake_root(str(tmp_path)))
