@@ -98,35 +98,29 @@ async def drive_batched(
 
 
 def wrk(url: str, body: str, token: str | None, seconds: float, conc: int) -> dict[str, float] | None:
-    """Drive `url` with wrk (Debian's `wrk`), a C load generator: far less client overhead than Python."""
-    exe = shutil.which("wrk")
-    if exe is None:
+    """POST `body` to `url` with wrk (Debian's `wrk`, a C load generator: far less client overhead than
+    Python); None when wrk is not installed."""
+    if shutil.which("wrk") is None:
         return None
     hdr = f'wrk.headers["Authorization"] = "Bearer {token}"\n' if token else ""
     script = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n' + hdr
     script += f"wrk.body = {json.dumps(body)}\n"
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(script)
-    try:
-        out = subprocess.run(
-            [exe, "-t2", f"-c{conc}", f"-d{max(1, int(seconds))}s", "--latency", "-s", f.name, url],
-            capture_output=True,
-            text=True,
-            timeout=seconds + 30,
-        ).stdout
-    finally:
-        os.unlink(f.name)
-    return _parse_wrk(out)
+    return _run_wrk(script, url, seconds, conc)
 
 
 def wrk_get(url: str, token: str, etag: str | None, seconds: float, conc: int = 16) -> dict[str, float]:
     """GET `url` with wrk (needed: Debian's `wrk`); with `etag`, an If-None-Match request (304s count as ok)."""
-    exe = shutil.which("wrk")
-    if exe is None:
+    if shutil.which("wrk") is None:
         raise SystemExit("this benchmark needs wrk (apt-get install wrk)")
     script = f'wrk.headers["Authorization"] = "Bearer {token}"\n'
     if etag is not None:
         script += f'wrk.headers["If-None-Match"] = \'"{etag}"\'\n'
+    return _run_wrk(script, url, seconds, conc)
+
+
+def _run_wrk(script: str, url: str, seconds: float, conc: int) -> dict[str, float]:
+    exe = shutil.which("wrk")
+    assert exe is not None
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
     try:
