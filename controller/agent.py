@@ -352,6 +352,32 @@ def _json_env(value: str | None, name: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()}
 
 
+def command_line(
+    python: str,
+    node_id: str,
+    heartbeat_url: str,
+    interval_s: float,
+    *,
+    fallback_url: str | None = None,
+    endpoint: str | None = None,
+    health_path: str | None = None,
+    engine_cmd: Sequence[str] | None = None,
+    post_start_cmd: Sequence[str] | None = None,
+) -> list[str]:
+    """The argv that starts this agent, for providers (local processes, a VM's run step). Secrets never
+    go here: the token and engine env travel in the environment."""
+    argv = [python, "-m", "controller.agent", "--node-id", node_id, "--heartbeat-url", heartbeat_url]
+    if fallback_url:
+        argv += ["--heartbeat-fallback-url", fallback_url]
+    argv += ["--interval", str(interval_s)]
+    if engine_cmd is not None and endpoint is not None:
+        argv += ["--endpoint", endpoint, "--health-path", health_path or "/v1/models"]
+        argv += ["--engine-cmd", json.dumps(list(engine_cmd))]
+        if post_start_cmd:
+            argv += ["--post-start-cmd", json.dumps(list(post_start_cmd))]
+    return argv
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inferia-agent", description="InferiA node agent")
     p.add_argument("--node-id", required=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -20,9 +20,7 @@ from serve_app.routing_cache import RoutingCache
 
 @dataclass
 class Counters:
-    heartbeats: int = 0
-    heartbeat_requests: int = 0
-    started: float = field(default_factory=time.monotonic)
+    heartbeat_requests: int = 0  # heartbeats themselves: self.heartbeats.items (the batcher counts them)
 
 
 class AppContext:

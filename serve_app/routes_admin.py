@@ -258,13 +258,24 @@ async def _dep(store: Store, dep_id: str) -> DeploymentRecord:
     return d
 
 
-async def _dep_out(request: Request, d: DeploymentRecord, nodes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    store = store_of(request)
+async def _names(store: Store) -> dict[str, str]:
+    """id -> name of every model and pool (one query each, not two per deployment)."""
+    out = {m.id: m.name for m in await store.list_models()}
+    out.update({p.id: p.name for p in await store.list_pools(include_deleted=True)})
+    return out
+
+
+async def _dep_out(
+    request: Request,
+    d: DeploymentRecord,
+    nodes: list[dict[str, Any]] | None = None,
+    names: dict[str, str] | None = None,
+) -> dict[str, Any]:
     out = d.public()
-    model = await store.get_model(d.model_id)
-    pool = await store.get_pool(d.pool_id)
-    out["model"] = model.name if model else None
-    out["pool"] = pool.name if pool else None
+    if names is None:
+        names = await _names(store_of(request))
+    out["model"] = names.get(d.model_id)
+    out["pool"] = names.get(d.pool_id)
     if nodes is None:
         nodes = await call(ctx_of(request).inventory().nodes.remote(True), 30)
     reps = [
@@ -308,7 +319,8 @@ async def create_deployment(body: DeploymentCreate, request: Request) -> dict[st
 @router.get("/deployments")
 async def list_deployments(request: Request) -> list[dict[str, Any]]:
     nodes = await call(ctx_of(request).inventory().nodes.remote(True), 30)
-    return [await _dep_out(request, d, nodes) for d in await store_of(request).list_deployments()]
+    names = await _names(store_of(request))
+    return [await _dep_out(request, d, nodes, names) for d in await store_of(request).list_deployments()]
 
 
 @router.get("/deployments/{dep_id}")

@@ -58,7 +58,6 @@ async def heartbeat(request: Request) -> Any:
             raise ApiError(422, "invalid_request", "heartbeats: at most 10000 per request", "heartbeats")
         beats = [_parse_beat(it, f"heartbeats.{i}").to_core(token) for i, it in enumerate(items)]
         ctx.counters.heartbeat_requests += 1
-        ctx.counters.heartbeats += len(beats)
         results = await ctx.heartbeats.submit_many(beats)
         return {
             "interval_s": ctx.cfg.heartbeat_interval_s,
@@ -71,7 +70,6 @@ async def heartbeat(request: Request) -> Any:
     if not (hb.token or token):
         raise ApiError(401, "unauthorized", "missing node token (Authorization: Bearer <node token>)")
     ctx.counters.heartbeat_requests += 1
-    ctx.counters.heartbeats += 1
     status, node_id, msg = await ctx.heartbeats.submit(hb.to_core(token))
     if status != 200:
         raise ApiError(status, _HB_CODES.get(status, "error"), msg or "refused")
@@ -192,6 +190,9 @@ async def metrics(request: Request) -> PlainTextResponse:
         "# HELP inferia_heartbeats_total Heartbeats accepted by the inventory.",
         "# TYPE inferia_heartbeats_total counter",
         _line("inferia_heartbeats_total", inv["heartbeats_total"]),
+        "# HELP inferia_heartbeat_requests_total Heartbeat HTTP requests received by this replica.",
+        "# TYPE inferia_heartbeat_requests_total counter",
+        _line("inferia_heartbeat_requests_total", ctx.counters.heartbeat_requests),
         "# HELP inferia_heartbeat_batches_total Inventory calls made for heartbeats by this replica.",
         "# TYPE inferia_heartbeat_batches_total counter",
         _line("inferia_heartbeat_batches_total", ctx.heartbeats.batches),

@@ -36,6 +36,7 @@ from adapters.base import (
 from adapters.local import procs
 from adapters.local.engines import EngineSpec, build_engine
 from adapters.local.gpu import GpuInfo, detect_gpus
+from controller.agent import command_line as agent_command_line
 
 log = logging.getLogger(__name__)
 
@@ -240,27 +241,19 @@ class LocalAdapter(ProviderAdapter):
     def _agent_argv(
         self, req: ProvisionRequest, node_dir: Path, spec: EngineSpec | None, endpoint: str | None
     ) -> list[str]:
-        argv = [
+        # the key is never on argv: every engine gets it through its env (see engines.py)
+        argv = agent_command_line(
             sys.executable,
-            "-m",
-            "controller.agent",
-            "--node-id",
             req.node_id,
-            "--heartbeat-url",
             req.heartbeat_url,
-            *(["--heartbeat-fallback-url", req.heartbeat_fallback_url] if req.heartbeat_fallback_url else []),
-            "--interval",
-            str(req.heartbeat_interval_s),
-            "--engine-log",
-            str(node_dir / ENGINE_LOG),
-        ]
-        if spec is not None and endpoint is not None:
-            # the key is never on argv: every engine gets it through its env (see engines.py)
-            argv += ["--endpoint", endpoint, "--health-path", spec.health_path]
-            argv += ["--engine-cmd", json.dumps(spec.argv)]
-            if spec.post_start:
-                argv += ["--post-start-cmd", json.dumps(spec.post_start)]
-        return argv
+            req.heartbeat_interval_s,
+            fallback_url=req.heartbeat_fallback_url,
+            endpoint=endpoint,
+            health_path=spec.health_path if spec else None,
+            engine_cmd=spec.argv if spec else None,
+            post_start_cmd=spec.post_start if spec else None,
+        )
+        return [*argv, "--engine-log", str(node_dir / ENGINE_LOG)]
 
     def _agent_env(self, req: ProvisionRequest, spec: EngineSpec | None) -> dict[str, str]:
         env = dict(os.environ)

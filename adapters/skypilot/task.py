@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from adapters.base import PermanentProviderError, ProvisionRequest, WorkloadSpec
+from controller.agent import command_line as agent_command_line
 
 if TYPE_CHECKING:
     import sky
@@ -130,23 +131,17 @@ def run_script(req: ProvisionRequest, endpoint: str | None, engine: Engine | Non
     """The run step: the node agent in the foreground (the job's log is the agent's log).
 
     A second start on the same cluster (a retried provision) finds the live agent and exits."""
-    argv = [
+    argv = agent_command_line(
         "python3",
-        "-m",
-        "controller.agent",
-        "--node-id",
         req.node_id,
-        "--heartbeat-url",
         req.heartbeat_url,
-        "--interval",
-        str(req.heartbeat_interval_s),
-    ]
-    if req.heartbeat_fallback_url:
-        argv += ["--heartbeat-fallback-url", req.heartbeat_fallback_url]
-    if engine is not None and endpoint is not None:
-        argv += ["--endpoint", endpoint, "--health-path", engine.health_path, "--engine-cmd", json.dumps(engine.argv)]
-        if engine.post_start:
-            argv += ["--post-start-cmd", json.dumps(engine.post_start)]
+        req.heartbeat_interval_s,
+        fallback_url=req.heartbeat_fallback_url,
+        endpoint=endpoint,
+        health_path=engine.health_path if engine else None,
+        engine_cmd=engine.argv if engine else None,
+        post_start_cmd=engine.post_start if engine else None,
+    )
     # quoted arguments keep `~` literal: the log path is expanded by the shell instead
     cmd = " ".join(shlex.quote(a) for a in argv) + f' --engine-log "{AGENT_DIR_SH}/engine.log"'
     return f"""cd {AGENT_DIR}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -237,14 +236,3 @@ def fake_kubelet(k8s_cluster: K8sCluster) -> Iterator[FakeKubelet]:
         yield kubelet
     finally:
         kubelet.stop()
-
-
-def wait_until(cond: Any, timeout: float, every: float = 0.2, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
