@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -12,6 +13,9 @@ from adapters.base import PermanentProviderError, ProviderAdapter
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "inferia.adapters"
+# extra adapters without packaging: "name=module:Class,other=module:Class" (read by every process, Ray
+# workers included, so set it before the control plane starts)
+ENV_ADAPTERS = "INFERIA_ADAPTERS"
 # name -> "module:Class"; imported lazily so optional dependencies stay optional
 BUILTINS: dict[str, str] = {
     "local": "adapters.local.adapter:LocalAdapter",
@@ -39,14 +43,25 @@ def _entry_points() -> dict[str, str]:
     return found
 
 
+def _env_adapters() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for item in os.environ.get(ENV_ADAPTERS, "").split(","):
+        name, sep, target = item.strip().partition("=")
+        if sep and name.strip() and ":" in target:
+            found[name.strip()] = target.strip()
+        elif item.strip():
+            log.warning("ignoring %s entry %r: expected name=module:Class", ENV_ADAPTERS, item.strip())
+    return found
+
+
 def available() -> list[str]:
-    return sorted(set(BUILTINS) | set(_entry_points()) | set(_extra))
+    return sorted(set(BUILTINS) | set(_entry_points()) | set(_env_adapters()) | set(_extra))
 
 
 def get_adapter_class(name: str) -> type[ProviderAdapter]:
     if name in _extra:
         return _extra[name]
-    target = BUILTINS.get(name) or _entry_points().get(name)
+    target = BUILTINS.get(name) or _env_adapters().get(name) or _entry_points().get(name)
     if target is None:
         raise PermanentProviderError(f"unknown provider {name!r}; available: {', '.join(available())}")
     module_name, _, attr = target.partition(":")

@@ -8,17 +8,19 @@ import pytest
 from controller.boot import ControlPlane
 from controller.client import Client
 from tests.support import controlplane as cpl
-from tests.support import skypilot_catalog
+from tests.support import instant, skypilot_catalog
 
 
 @pytest.fixture(scope="session")
 def provider_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Environment the Ray workers inherit, so it is set before Ray starts: the SkyPilot provider runs on
-    fixture catalogs (SKY_RUNTIME_DIR) with the fake client, whose "VMs" live under the data dir."""
+    fixture catalogs (SKY_RUNTIME_DIR) with the fake client, whose "VMs" live under the data dir; the instant
+    test provider (tests/support/instant.py) is registered for the fault suite."""
     mp = pytest.MonkeyPatch()
     skypilot_catalog.install(tmp_path_factory.mktemp("sky"))
     mp.setenv("INFERIA_SKYPILOT_CLIENT", "tests.support.skypilot_fake:factory")
     mp.setenv("SKYPILOT_DISABLE_USAGE_COLLECTION", "1")
+    mp.setenv("INFERIA_ADAPTERS", instant.ENV_ADAPTERS)
     try:
         yield
     finally:
