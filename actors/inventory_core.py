@@ -107,6 +107,7 @@ class InventoryCore:
         self._state_writes: dict[str, tuple[tuple[NodeState, ...], NodeState, str | None]] = {}
         self._beat_writes: dict[str, tuple[datetime, int | None]] = {}
         self.version = int(wall() * 1000)  # monotonic across restarts as long as the wall clock is
+        self.changed_at = wall()  # wall time of the last version change (gateways measure staleness)
         self._routes: dict[str, list[dict[str, Any]]] = {}
         self._dirty = True
         # paused until the heartbeat ingress is up: "unknown is not dead"
@@ -291,11 +292,12 @@ class InventoryCore:
             return False
         self._routes = new
         self.version += 1
+        self.changed_at = self.wall()
         return True
 
     def routing_table(self) -> dict[str, Any]:
         self.refresh_routes()
-        return {"version": self.version, "models": self._routes}
+        return {"version": self.version, "changed_at": round(self.changed_at, 6), "models": self._routes}
 
     # ------------------------------------------------------------ persistence
     def take_writes(

@@ -6,7 +6,9 @@ Boots a real control plane in this process, fills the routing table with M model
 (nodes registered straight into the inventory and marked ready), then measures with wrk (Debian's
 `wrk`; required here) GET /v1/routing-table on the API replica's data port: full bodies (200) and
 If-None-Match (304). Then holds N long-poll watchers (`?wait=1`) open at once, measures the replica's
-memory before/after and the time for all of them to see one routing change.
+memory before/after and the time for all of them to see one routing change. Last, the path for gateways
+that need more: the Redis snapshot (`GET routing:latest`) read by 16 connections, and the fan-out of one
+change to S subscribers of the `routing` channel.
 """
 
 from __future__ import annotations
@@ -58,12 +60,71 @@ async def watchers(url: str, token: str, n: int, version: int, trigger: object) 
         return (max(seen) - t0 if seen else float("nan")), held, len(seen)
 
 
+async def redis_reads(url: str, seconds: float, conc: int = 16) -> dict[str, float]:
+    """GET routing:latest from `conc` connections for `seconds`: reads/s and p99 (ms)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url, max_connections=conc)
+    lat: list[float] = []
+    stop = time.monotonic() + seconds
+
+    async def worker() -> None:
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            raw = await client.get("routing:latest")
+            lat.append(time.perf_counter() - t0)
+            assert raw
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(conc)))
+    took = time.monotonic() - t0
+    await client.aclose()
+    lat.sort()
+    return {"req_s": len(lat) / took, "p99_ms": lat[int(len(lat) * 0.99)] * 1000}
+
+
+async def redis_fanout(url: str, n: int, trigger: object) -> tuple[float, float, int]:
+    """n subscribers on `routing`; fire one change: (median ms, max ms after changed_at, how many got it)."""
+    import json
+
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url, max_connections=n + 4)
+    subs = []
+    for _ in range(n):
+        sub = client.pubsub()
+        await sub.subscribe("routing")
+        subs.append(sub)
+    got: list[float] = []
+
+    async def one(sub: object) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            msg = await sub.get_message(ignore_subscribe_messages=True, timeout=1.0)  # type: ignore[attr-defined]
+            if msg and msg["type"] == "message":
+                got.append(time.time() - json.loads(msg["data"])["changed_at"])
+                return
+
+    tasks = [asyncio.create_task(one(s)) for s in subs]
+    await asyncio.sleep(0.5)
+    await asyncio.to_thread(trigger)  # type: ignore[arg-type]
+    await asyncio.gather(*tasks)
+    for sub in subs:
+        await sub.aclose()
+    await client.aclose()
+    got.sort()
+    if not got:
+        return float("nan"), float("nan"), 0
+    return got[len(got) // 2] * 1000, got[-1] * 1000, len(got)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--models", type=int, default=20)
     ap.add_argument("--endpoints", type=int, default=5)
     ap.add_argument("--watchers", type=int, default=1000)
+    ap.add_argument("--subscribers", type=int, default=200)
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -107,6 +168,13 @@ def main() -> None:
                 ray.get(inv.transition.remote("node-00000", "draining", "bench"))
 
             took, held, seen = asyncio.run(watchers(url, cp.api_token, args.watchers, table["version"], change))
+            assert cp.cfg is not None
+            rreads = asyncio.run(redis_reads(cp.cfg.redis_url, args.seconds))
+
+            def change_back() -> None:
+                ray.get(inv.transition.remote("node-00001", "draining", "bench"))
+
+            fan_med, fan_max, fan_n = asyncio.run(redis_fanout(cp.cfg.redis_url, args.subscribers, change_back))
         finally:
             cp.stop()
 
@@ -118,6 +186,15 @@ def main() -> None:
     print(f"== {args.watchers} concurrent long-poll watchers")
     print(f"held with {held:.1f} MiB more replica RSS   (target < 100 MiB)")
     print(f"{seen}/{args.watchers} saw the change; the last one {took * 1000:.0f} ms after it")
+    print("== gateways on Redis (16 connections, asyncio redis client in this process)")
+    print(
+        f"GET routing:latest : {rreads['req_s']:8.0f} reads/s  p99 {rreads['p99_ms']:.1f} ms"
+        f"   (ratio to HTTP 200 reads: {rreads['req_s'] / full['req_s']:.1f}x)"
+    )
+    print(
+        f"{fan_n}/{args.subscribers} subscribers got one change: median {fan_med:.1f} ms, "
+        f"last {fan_max:.1f} ms after changed_at (target <= 100 ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -480,7 +480,7 @@ def test_served_model_defaults_to_model_name(core: InventoryCore) -> None:
 
 def test_initial_version_comes_from_the_wall_clock(core: InventoryCore) -> None:
     assert core.version == int(WALL0 * 1000)
-    assert core.routing_table() == {"version": int(WALL0 * 1000), "models": {}}
+    assert core.routing_table() == {"version": int(WALL0 * 1000), "changed_at": WALL0, "models": {}}
 
 
 def test_version_bumps_only_when_content_changes(core: InventoryCore) -> None:
@@ -490,6 +490,7 @@ def test_version_bumps_only_when_content_changes(core: InventoryCore) -> None:
     core.heartbeat(beat("n1"))
     v1 = core.routing_table()["version"]
     assert v1 == v0 + 1
+    assert core.routing_table()["changed_at"] == core.wall()  # stamped at the change
     assert core.routing_table()["version"] == v1  # nothing changed
     core.heartbeat(beat("n1", health_score=40))
     assert core.routing_table()["version"] == v1  # health score only
