@@ -32,6 +32,8 @@ from controller.storage import Store
 log = logging.getLogger(__name__)
 
 REMOVE_RETRY_S = 30.0
+# nodes asked of a pool per actor call when a deployment scales up
+CREATE_BATCH = 100
 
 
 def workload_for(dep: DeploymentRecord, model: ModelRecord) -> dict[str, Any]:
@@ -152,20 +154,26 @@ class DeploymentActor:
         self.planner.reset(deployment_id)
 
     async def _create(self, dep: DeploymentRecord, model: ModelRecord, count: int) -> None:
+        """Ask the pool for `count` new nodes, in batches of CREATE_BATCH (one actor call and one replicas
+        write per batch: 1,000 replicas are 10 round trips, not 2,000)."""
         assert self.store is not None
         pool = get_pool_actor(dep.pool_id, self.cfg)
         wl = workload_for(dep, model)
-        for _ in range(count):
-            node_id = new_id("node")
-            res = await pool.create_node.remote(node_id, wl)
+        left = count
+        while left > 0:
+            ids = [new_id("node") for _ in range(min(left, CREATE_BATCH))]
+            left -= len(ids)
+            res = await pool.create_nodes.remote(ids, wl)
+            made = [n["id"] for n in res["nodes"]]
+            await self.store.insert_replicas([ReplicaRecord(dep.id, n, "provisioning", dep.generation) for n in made])
+            for n in made:
+                self._replica_state[(dep.id, n)] = "provisioning"
             if not res["ok"]:
                 # quota: stays in its state, the reason is shown to the user; retried next round
                 if dep.error != res["error"]:
                     await self.store.cas_deployment(dep.id, [dep.state], dep.state, error=res["error"])
                     dep.error = res["error"]
                 return
-            await self.store.upsert_replica(ReplicaRecord(dep.id, node_id, "provisioning", dep.generation))
-            self._replica_state[(dep.id, node_id)] = "provisioning"
             if dep.error:
                 await self.store.cas_deployment(dep.id, [dep.state], dep.state, error=None)
                 dep.error = None

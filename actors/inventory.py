@@ -9,7 +9,7 @@ from typing import Any
 
 import ray
 
-from actors.inventory_core import Heartbeat, InventoryCore
+from actors.inventory_core import DurationStat, Heartbeat, InventoryCore
 from actors.runtime import Loop, RuntimeConfig, boot_in_background, setup_logging
 from actors.states import NODE_ALIVE, NodeState
 from controller.bus import EventBus
@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 # terminated nodes are kept this long so their late heartbeats are answered 410, then forgotten
 TERMINATED_RETENTION_S = 600.0
+# the routing table is rebuilt at most this often: a burst of changes (1,000 replicas coming up, a sweep
+# after a network partition) makes one new version, not one per node; a rebuild at 10,000 nodes is ~15 ms
+ROUTES_MIN_GAP_S = 0.05
 
 
 @ray.remote
@@ -36,6 +39,7 @@ class InventoryActor:
         self._loops: list[Loop] = []
         self._published_version = 0
         self.sweep_ms = 0.0
+        self.sweeps = DurationStat()  # the scan for missed heartbeats (the rebuild after it is core.rebuilds)
         boot_in_background(self._boot, "inventory")
 
     async def _boot(self) -> None:
@@ -71,6 +75,7 @@ class InventoryActor:
                 Loop("inventory.sweep", self._sweep, sweep_every),
                 Loop("inventory.flush", self._flush, 0.5),
                 Loop("inventory.publish", self._publish, 5.0),
+                Loop("inventory.routes", self._rebuild_routes, 1.0, min_gap_s=ROUTES_MIN_GAP_S),
             ]
             for lp in self._loops:
                 lp.start()
@@ -80,6 +85,10 @@ class InventoryActor:
 
     # ------------------------------------------------------------ loops
     async def _after_change(self) -> None:
+        """Something may have changed the routing table: have it rebuilt soon (coalesced)."""
+        self._loops[3].wake.set()
+
+    async def _rebuild_routes(self) -> None:
         if self.core.refresh_routes():
             async with self._changed:
                 self._changed.notify_all()
@@ -93,6 +102,7 @@ class InventoryActor:
         for e in list(self.core.nodes.values()):
             if e.state == NodeState.TERMINATED and now - e.state_since > TERMINATED_RETENTION_S:
                 self.core.forget(e.id)
+        self.sweeps.add(time.perf_counter() - t0)
         await self._after_change()
         self.sweep_ms = (time.perf_counter() - t0) * 1000
 
@@ -114,7 +124,7 @@ class InventoryActor:
         if not self._publish_wanted.is_set() or self.bus is None:
             return
         self._publish_wanted.clear()
-        table = self.core.routing_table()
+        table = self.core.current_table()
         if not await self.bus.publish_routing(table):
             self._publish_wanted.set()  # redis down: try again next round
         else:
@@ -150,7 +160,7 @@ class InventoryActor:
 
     async def routing_table(self) -> dict[str, Any]:
         await self._boot()
-        return self.core.routing_table()
+        return self.core.current_table()
 
     async def wait_routing(self, known_version: int, timeout_s: float) -> dict[str, Any]:
         """Long-poll: answers as soon as the version differs from known_version, or at the timeout."""
@@ -163,7 +173,7 @@ class InventoryActor:
                     )
                 except TimeoutError:
                     pass
-        return self.core.routing_table()
+        return self.core.current_table()
 
     async def nodes(self, deployment_only: bool = False) -> list[dict[str, Any]]:
         await self._boot()
@@ -174,9 +184,22 @@ class InventoryActor:
         e = self.core.nodes.get(node_id)
         return e.view(self.core.clock()) if e else None
 
+    async def timings(self) -> dict[str, float]:
+        """Cheap: the last and the recent maximum (1-2 min) of the health sweep and the routing rebuild."""
+        sw, rb = self.sweeps.view(), self.core.rebuilds.view()
+        return {
+            "sweep_last_s": sw["last_s"],
+            "sweep_max_s": sw["max_s"],
+            "sweeps": sw["count"],
+            "rebuild_last_s": rb["last_s"],
+            "rebuild_max_s": rb["max_s"],
+            "rebuilds": rb["count"],
+        }
+
     async def stats(self) -> dict[str, Any]:
         await self._boot()
         return {
+            **await self.timings(),
             "nodes_by_state": self.core.counts(),
             "heartbeats_total": self.core.heartbeats_total,
             "transitions_total": self.core.transitions_total,

@@ -90,6 +90,45 @@ class HeartbeatResult:
     message: str | None = None
 
 
+class DurationStat:
+    """The last duration of a repeated step and the longest one of the recent past.
+
+    The maximum covers between one and two windows: two fixed buckets, the current and the previous.
+    """
+
+    def __init__(self, window_s: float = 60.0, clock: Clock = time.monotonic) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self.last_s = 0.0
+        self.count = 0
+        self._bucket_start = clock()
+        self._cur_max = 0.0
+        self._prev_max = 0.0
+
+    def _roll(self) -> None:
+        now = self.clock()
+        if now - self._bucket_start < self.window_s:
+            return
+        stale = now - self._bucket_start >= 2 * self.window_s
+        self._prev_max = 0.0 if stale else self._cur_max
+        self._cur_max = 0.0
+        self._bucket_start = now
+
+    def add(self, seconds: float) -> None:
+        self._roll()
+        self.last_s = seconds
+        self.count += 1
+        self._cur_max = max(self._cur_max, seconds)
+
+    @property
+    def max_s(self) -> float:
+        self._roll()
+        return max(self._cur_max, self._prev_max)
+
+    def view(self) -> dict[str, float]:
+        return {"last_s": self.last_s, "max_s": self.max_s, "count": float(self.count)}
+
+
 class InventoryCore:
     def __init__(
         self,
@@ -114,6 +153,7 @@ class InventoryCore:
         self.sweeping = sweeping
         self.heartbeats_total = 0
         self.transitions_total = 0
+        self.rebuilds = DurationStat(clock=clock)  # routing-table rebuilds (not the no-op refreshes)
 
     # ------------------------------------------------------------ registration
     def register(self, info: dict[str, Any]) -> NodeEntry:
@@ -285,18 +325,23 @@ class InventoryCore:
         """Rebuild when something changed; bump the version only if the content changed."""
         if not self._dirty:
             return False
+        t0 = time.perf_counter()
         self._dirty = False
         new = self._build_routes()
-        if _strip_scores(new) == _strip_scores(self._routes):
-            self._routes = new
-            return False
+        changed = _strip_scores(new) != _strip_scores(self._routes)
         self._routes = new
-        self.version += 1
-        self.changed_at = self.wall()
-        return True
+        if changed:
+            self.version += 1
+            self.changed_at = self.wall()
+        self.rebuilds.add(time.perf_counter() - t0)
+        return changed
 
     def routing_table(self) -> dict[str, Any]:
         self.refresh_routes()
+        return self.current_table()
+
+    def current_table(self) -> dict[str, Any]:
+        """The table as last rebuilt (no rebuild: the actor coalesces rebuilds of bursts of changes)."""
         return {"version": self.version, "changed_at": round(self.changed_at, 6), "models": self._routes}
 
     # ------------------------------------------------------------ persistence

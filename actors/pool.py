@@ -94,9 +94,13 @@ class PoolActor:
             m.pool.target_nodes = fresh.target_nodes
             m.pool.max_nodes = fresh.max_nodes
             m.pool.min_nodes = fresh.min_nodes
+            if fresh.state == PoolState.DELETING:
+                m.pool.state = PoolState.DELETING
         await m.reconcile_provider()
         if m.pool.state == PoolState.ACTIVE:
             await m.scale_idle()
+        elif m.pool.state == PoolState.DELETING:
+            await self.delete_pool()  # idempotent: resumes a deletion a restart (or a crash) interrupted
 
     # ------------------------------------------------------------ API (all idempotent)
     async def ready(self) -> bool:
@@ -114,6 +118,17 @@ class PoolActor:
             return {"ok": True, "node": await m.create_node(node_id, spec)}
         except QuotaExceeded as exc:
             return {"ok": False, "error": str(exc)}
+
+    async def create_nodes(self, node_ids: list[str], workload: dict[str, Any] | None) -> dict[str, Any]:
+        """Many create_node in one call (a deployment scaling by hundreds): the created nodes, in order, and
+        the quota error that stopped it, if any. Idempotent per node id, like create_node."""
+        created: list[dict[str, Any]] = []
+        for node_id in node_ids:
+            res = await self.create_node(node_id, workload)
+            if not res["ok"]:
+                return {"ok": False, "error": res["error"], "nodes": created}
+            created.append(res["node"])
+        return {"ok": True, "nodes": created}
 
     async def terminate_node(self, node_id: str, reason: str | None = None) -> bool:
         m = await self._boot()
@@ -166,10 +181,15 @@ class PoolActor:
             await asyncio.sleep(0.1)
         if m.nodes:
             return False
-        left = await self.store.list_nodes(self.pool_id, NODE_ALIVE)
+        for _ in range(100):  # the inventory writes the nodes' terminated states within its flush period
+            left = await self.store.list_nodes(self.pool_id, NODE_ALIVE)
+            if not left:
+                break
+            await asyncio.sleep(0.1)
         if left:
-            return False
+            return False  # the provider reconcile settles what is left; the next tick tries again
         await self.store.set_pool_state(self.pool_id, PoolState.DELETED, [PoolState.DELETING])
+        m.pool.state = PoolState.DELETED
         return True
 
     async def terminate_all(self, reason: str) -> int:

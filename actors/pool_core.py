@@ -160,6 +160,7 @@ class PoolManager:
         self.clock = clock
         self.sleep = sleep
         self.nodes: dict[str, NodeActor] = {}
+        self._ended: set[str] = set()  # nodes this actor saw end: a retried create_node must not revive one
         self._lock = asyncio.Lock()
         self._health: dict[str, NodeHealth] = {}  # last provider-reported health (reports_health adapters)
         self._health_tasks: list[asyncio.Task[None]] = []
@@ -259,6 +260,7 @@ class PoolManager:
 
     def _forget(self, node_id: str) -> None:
         self.nodes.pop(node_id, None)
+        self._ended.add(node_id)
 
     def alive_count(self) -> int:
         return sum(1 for a in self.nodes.values() if not a.terminating)
@@ -284,6 +286,8 @@ class PoolManager:
                 resources={"model_name": workload.model_name} if workload else {},
             )
             rec = await self.store.insert_node(rec)
+            if node_id in self._ended:  # a retried call: it ended here, its row may not say so yet (batched writes)
+                rec.state = NodeState.TERMINATED
             if rec.state not in NODE_ALIVE:
                 return rec.public()
             actor = NodeActor(self, rec, workload)
@@ -416,13 +420,23 @@ class PoolManager:
             log.warning("pool %s: list_nodes failed: %s", self.pool.id, exc)
             return report
         by_id = {n.node_id: n for n in found}
+        # alive in the database but tracked by no node actor: a lost write (the inventory acknowledged a
+        # node's end, then died before flushing it). Gone at the provider: record it terminated again.
+        async with self._lock:
+            untracked = [r for r in await self.store.list_nodes(self.pool.id, NODE_ALIVE) if r.id not in self.nodes]
+        for rec in untracked:
+            if rec.id not in by_id:
+                await self.inventory.register(self._info(rec))
+                if await self.inventory.transition(rec.id, NodeState.TERMINATED, "vanished at the provider"):
+                    report["vanished"].append(rec.id)
         for node_id, actor in list(self.nodes.items()):
             pn = by_id.pop(node_id, None)
             if pn is not None:
                 if actor.record.state == NodeState.DRAINING and not actor.terminating:
                     actor.send(Cmd.TERMINATE, actor.record.state_reason)
                     report["retried"].append(node_id)
-                elif boot or actor.record.endpoint != pn.endpoint:
+                elif not actor.busy and (boot or actor.record.endpoint != pn.endpoint):
+                    # (a provision in flight records the node itself when it returns)
                     await self._record_provisioned(actor, pn)
                     report["adopted"].append(node_id)
                 continue
@@ -430,6 +444,8 @@ class PoolManager:
                 continue  # a provision or deprovision is in flight: the provider may not list it yet
             if actor.record.state == NodeState.PROVISIONING and not boot and actor.record.endpoint is None:
                 continue
+            if actor.record.state == NodeState.FAILED and actor.record.deployment_id:
+                continue  # its deployment counts the failure, then removes it (actors/deployment_core.py)
             status = await self._status(actor)
             if status in (ProviderNodeStatus.TERMINATED, ProviderNodeStatus.FAILED):
                 # confirmed gone: clean what is left of it (files, an orphaned engine), then record it

@@ -56,6 +56,21 @@ class RuntimeConfig:
         return asdict(self)
 
 
+# Placement on a cluster of several Ray nodes. The actors need no CPU (num_cpus=0), but an actor that asks
+# for no resource at all is handed by the GCS to a *random* alive node, whatever its scheduling strategy
+# (gcs_actor_scheduler.cc, SelectForwardingNode). A token memory request (1 MiB: well below what an actor
+# process uses, so it never limits how many fit) makes the GCS hand the actor to its creator's node instead,
+# whose raylet then applies the strategy:
+# - inventory and deployments: the default strategy keeps them on the creator's node, the head (next to
+#   Serve's controller), as long as the head is not busy;
+# - pool actors: SPREAD, round robin over every node (head included). More nodes carry more pools, and the
+#   loss of a node takes only its share, which Ray restarts on the surviving nodes (max_restarts=-1) where
+#   each rebuilds from Postgres.
+# On a single machine there is one node: both place exactly as before.
+ACTOR_MEMORY_BYTES = 1024 * 1024
+POOL_SCHEDULING_STRATEGY = "SPREAD"
+
+
 def actor_options(name: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -64,9 +79,14 @@ def actor_options(name: str) -> dict[str, Any]:
         "max_restarts": -1,
         "max_task_retries": -1,
         "num_cpus": 0,
+        "memory": ACTOR_MEMORY_BYTES,
         "max_concurrency": 10_000,
         "get_if_exists": True,
     }
+
+
+def pool_actor_options(pool_id: str) -> dict[str, Any]:
+    return actor_options(pool_actor_name(pool_id)) | {"scheduling_strategy": POOL_SCHEDULING_STRATEGY}
 
 
 def setup_logging(level: str) -> None:
@@ -88,7 +108,7 @@ def get_pool_actor(pool_id: str, cfg: RuntimeConfig | None = None) -> Any:
             raise
     from actors.pool import PoolActor
 
-    return PoolActor.options(**actor_options(pool_actor_name(pool_id))).remote(pool_id, cfg.to_dict())  # type: ignore[attr-defined]
+    return PoolActor.options(**pool_actor_options(pool_id)).remote(pool_id, cfg.to_dict())  # type: ignore[attr-defined]
 
 
 async def call(ref: Any, timeout_s: float = 30.0) -> Any:
@@ -115,10 +135,12 @@ def boot_in_background(boot: Any, name: str) -> None:
 
 
 class Loop:
-    """A background loop that cannot die: exceptions are logged and the step runs again."""
+    """A background loop that cannot die: exceptions are logged and the step runs again. The step runs every
+    `interval_s`, or sooner when `wake` is set, but never sooner than `min_gap_s` after the previous one
+    (so a burst of wakes costs one step: the coalescing the routing-table rebuild relies on)."""
 
-    def __init__(self, name: str, step: Any, interval_s: float) -> None:
-        self.name, self.step, self.interval_s = name, step, interval_s
+    def __init__(self, name: str, step: Any, interval_s: float, min_gap_s: float = 0.0) -> None:
+        self.name, self.step, self.interval_s, self.min_gap_s = name, step, interval_s, min_gap_s
         self.task: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
         self.last_duration_s = 0.0
@@ -143,6 +165,8 @@ class Loop:
                 log.exception("step failed; continuing")
             self.runs += 1
             self.last_duration_s = loop.time() - t0
+            if self.min_gap_s > 0:
+                await asyncio.sleep(self.min_gap_s)
             try:
                 await asyncio.wait_for(self.wake.wait(), self.interval_s)
             except TimeoutError:

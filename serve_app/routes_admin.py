@@ -54,7 +54,7 @@ def _pool_out(p: PoolRecord) -> dict[str, Any]:
 
 
 def _mask_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    secretish = ("key", "token", "secret", "password", "credential")
+    secretish = ("key", "token", "secret", "password", "credential", "wallet", "mnemonic")
     return {k: ("***" if any(s in k.lower() for s in secretish) else v) for k, v in cfg.items()}
 
 

@@ -172,6 +172,24 @@ def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
     return f"{name} {value}"
 
 
+def timing_lines(inv: dict[str, Any]) -> list[str]:
+    """Gauges for the inventory's health sweep and routing-table rebuild (last and recent maximum)."""
+    out: list[str] = []
+    for name, key, what in (
+        ("inferia_inventory_sweep_seconds", "sweep", "the health sweep's scan for missed heartbeats"),
+        ("inferia_routing_rebuild_seconds", "rebuild", "a routing-table rebuild"),
+    ):
+        out += [
+            f"# HELP {name} Duration of the last run of {what}.",
+            f"# TYPE {name} gauge",
+            _line(name, round(float(inv.get(f"{key}_last_s", 0.0)), 6)),
+            f"# HELP {name}_max Longest run of {what} in the last 1-2 minutes.",
+            f"# TYPE {name}_max gauge",
+            _line(f"{name}_max", round(float(inv.get(f"{key}_max_s", 0.0)), 6)),
+        ]
+    return out
+
+
 @router.get("/metrics")
 async def metrics(request: Request) -> PlainTextResponse:
     """Prometheus text format."""
@@ -202,6 +220,7 @@ async def metrics(request: Request) -> PlainTextResponse:
         "# HELP inferia_health_sweep_ms Duration of the last health sweep.",
         "# TYPE inferia_health_sweep_ms gauge",
         _line("inferia_health_sweep_ms", round(inv["sweep_ms"], 3)),
+        *timing_lines(inv),
         "# HELP inferia_reconcile_ms Duration of the last deployment reconcile.",
         "# TYPE inferia_reconcile_ms gauge",
         _line("inferia_reconcile_ms", round(dep_stats["last_reconcile_ms"], 3)),

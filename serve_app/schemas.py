@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -33,8 +34,25 @@ def _find_nul(value: Any, path: str) -> str | None:
     return None
 
 
+def _find_non_finite(value: Any, path: str) -> str | None:
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, dict):
+        for k, v in value.items():
+            hit = _find_non_finite(v, f"{path}.{k}")
+            if hit is not None:
+                return hit
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            hit = _find_non_finite(v, f"{path}.{i}")
+            if hit is not None:
+                return hit
+    return None
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: JSON's 1e400 decodes to inf, which no column or JSON answer can hold
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -58,6 +76,14 @@ class PoolCreate(Strict):
     credential_ref: str | None = None
 
     _n = field_validator("name")(_name)
+
+    @field_validator("provider_config")
+    @classmethod
+    def _finite(cls, v: dict[str, Any]) -> dict[str, Any]:
+        hit = _find_non_finite(v, "provider_config")
+        if hit is not None:
+            raise ValueError(f"{hit}: must be a finite number")
+        return v
 
     @field_validator("max_nodes")
     @classmethod
@@ -88,7 +114,7 @@ class ModelCreate(Strict):
     port: int | None = Field(default=None, ge=1, le=65535)
     health_path: str | None = None
     gpus: int = Field(default=0, ge=0, le=64)
-    gpu_memory_mb: int = Field(default=0, ge=0)
+    gpu_memory_mb: int = Field(default=0, ge=0, le=2**31 - 1)  # an INTEGER column
 
     _n = field_validator("name")(_name)
 
@@ -126,7 +152,7 @@ class DeploymentPatch(Strict):
 
 
 class HeartbeatIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     node_id: str | None = Field(default=None, max_length=128)
     provider: str | None = Field(default=None, max_length=64)

@@ -112,3 +112,38 @@ def test_no_500_on_garbage(http: httpx.Client) -> None:
         for b in bodies:
             r = http.post(p, json=b)
             assert 400 <= r.status_code < 500, (p, b, r.status_code, r.text)
+
+
+def test_absurd_numbers_name_the_field(http: httpx.Client) -> None:
+    """Numbers no column or JSON answer can hold (1e400 decodes to inf, 2**40 overflows an INTEGER column)
+    are 422 naming the field, never a 500 or a dropped connection, and nothing is written."""
+    pools = len(http.get("/v1/pools").json())
+    models = len(http.get("/v1/model-registry").json())
+
+    def raw(path: str, text: str) -> httpx.Response:
+        return http.post(path, content=text.encode(), headers={"content-type": "application/json"})
+
+    tag = uuid.uuid4().hex[:6]
+    _err(raw("/v1/pools", f'{{"name": "inf-{tag}", "max_cost_per_hour": 1e400}}'), 422, "max_cost_per_hour")
+    _err(raw("/v1/pools", f'{{"name": "nan-{tag}", "max_cost_per_hour": NaN}}'), 422, "max_cost_per_hour")
+    _err(raw("/v1/pools", f'{{"name": "cfg-{tag}", "provider_config": {{"x": 1e400}}}}'), 422, "provider_config")
+    _err(raw("/v1/pools", f'{{"name": "cfg-{tag}", "provider_config": {{"a": [-Infinity]}}}}'), 422, "provider_config")
+    _err(raw("/v1/pools", f'{{"name": "big-{tag}", "max_nodes": 1e400}}'), 422, "max_nodes")
+    _err(http.post("/v1/pools", json={"name": f"big-{tag}", "max_nodes": 10**30}), 422, "max_nodes")
+    model = {"name": f"m-{tag}", "engine": "custom", "args": ["x"]}
+    _err(http.post("/v1/model-registry", json=model | {"gpu_memory_mb": 2**40}), 422, "gpu_memory_mb")
+    _err(http.post("/v1/model-registry", json=model | {"gpus": 10**20}), 422, "gpus")
+    _err(http.post("/v1/model-registry", json=model | {"port": -1}), 422, "port")
+    _err(http.post("/v1/deployments", json={"model": "m", "pool": "p", "replicas": 10**30}), 422, "replicas")
+    _err(raw("/v1/pools/x/scale", '{"target_nodes": 1e400}'), 422, "target_nodes")
+    _err(http.get("/v1/nodes/x/logs", params={"tail": 10**12}), 422, "tail")
+    _err(http.get("/v1/routing-table", params={"version": 1, "wait": 1, "timeout": 1e300}), 422, "timeout")
+    for field in ("cpu_percent", "ram_used_mb", "gpu_util", "gpu_mem_used_mb", "health_score"):
+        _err(raw("/inventory/heartbeat", f'{{"node_id": "n", "{field}": 1e400}}'), 422, field)
+    _err(
+        raw("/inventory/heartbeat", '{"heartbeats": [{"node_id": "n"}, {"node_id": "n", "cpu_percent": 1e999}]}'),
+        422,
+        "heartbeats.1.cpu_percent",
+    )
+    assert len(http.get("/v1/pools").json()) == pools
+    assert len(http.get("/v1/model-registry").json()) == models

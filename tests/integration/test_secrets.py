@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -110,3 +111,50 @@ def test_secrets_stay_secret(control_plane: ControlPlane, api: Client) -> None:
         assert not leaks, f"the {what} leaks into {leaks}"
     api.delete_deployment(dep["id"])
     cpl.wait_for(lambda: not any(d["id"] == dep["id"] for d in api.list_deployments()), 60, what="deleted")
+
+
+def test_provider_config_secrets_are_masked(control_plane: ControlPlane, api: Client) -> None:
+    """Secrets a user puts into a pool's provider config (a Nosana sidecar key, a wallet's secret key, a
+    cloud token) are masked in every answer and never reach the events or the logs. The instant provider
+    keeps unknown config keys, as the Nosana one does."""
+    tag = uuid.uuid4().hex[:8]
+    secrets = {
+        "internal_api_key": f"nsk-{tag}-internal-api-key",
+        "wallet": f"5Kb8kLf9zgWQnogidDA76MzPL6TsZZY36hWXMssSzNyd{tag}",
+        "wallet_file_contents": f"[12,34,56,{tag}]",
+        "api_token": f"tok-{tag}",
+    }
+    h = {"authorization": f"Bearer {control_plane.api_token}"}
+    url = control_plane.api_url + "/v1/pools"
+    created = httpx.post(
+        url,
+        json={"name": f"sec-{tag}", "provider": "instant", "provider_config": secrets},
+        headers=h,
+        timeout=60,
+        trust_env=False,
+    )
+    assert created.status_code == 201, created.text
+    pool_id = created.json()["id"]
+    assert all(created.json()["provider_config"][k] == "***" for k in secrets), created.json()
+    bodies = [("create", created.text)]
+    for path in ("", f"/{pool_id}", f"/{pool_id}/nodes"):
+        r = httpx.get(url + path, headers=h, timeout=30, trust_env=False)
+        assert r.status_code == 200
+        bodies.append((path, r.text))
+    dup = httpx.post(
+        url, json={"name": f"sec-{tag}", "provider_config": secrets}, headers=h, timeout=30, trust_env=False
+    )
+    assert dup.status_code in (409, 422)
+    bodies.append(("duplicate", dup.text))
+    _key, events = _read_db(control_plane)
+    assert control_plane.cfg is not None
+    rds = redis.Redis.from_url(control_plane.cfg.redis_url)
+    stream = str(rds.xrange("events", count=100_000))
+    rds.close()
+    session = Path(ray._private.worker._global_node.get_session_dir_path())  # type: ignore[attr-defined]
+    logs = [(str(p), p.read_text(errors="replace")) for p in (session / "logs").glob("*") if p.is_file()]
+    places = [*bodies, ("events table", events), ("events stream", stream), *logs]
+    for what, secret in secrets.items():
+        leaks = [where for where, text in places if secret in text]
+        assert not leaks, f"the pool's {what} leaks into {leaks}"
+    api.delete_pool(pool_id)
