@@ -490,6 +490,39 @@ async def test_restart_forgets_a_node_the_provider_never_created(env: Env) -> No
     assert env.store.nodes["n1"].state == N.TERMINATED
 
 
+async def test_a_retried_create_never_revives_a_node_that_ended(env: Env) -> None:
+    """Ray resubmits a create_node that was in flight when the pool actor died; the restarted actor has
+    just marked that node vanished, but the batched write of `terminated` may not have reached the row."""
+    env.adapter.gate = asyncio.Event()
+    await env.manager.create_node("n1", WORKLOAD)
+    await wait_until(lambda: env.manager.nodes["n1"].busy)
+    await crash(env.manager)
+    env.adapter.gate = None
+    new = env.restart()
+    await new.manager.start()
+    assert "n1" not in new.manager.nodes
+    env.store.nodes["n1"].state = N.PROVISIONING  # the terminated state is still in the inventory's buffer
+    out = await new.manager.create_node("n1", WORKLOAD)  # the resubmitted call
+    assert out["state"] == N.TERMINATED
+    assert "n1" not in new.manager.nodes
+    await settle()
+    assert env.adapter.instances == {}
+
+
+async def test_reconcile_ends_an_alive_row_no_actor_tracks_and_the_provider_lacks(env: Env) -> None:
+    """A lost write: the row says alive, no node actor knows the node, the provider does not list it."""
+    await provisioned(env, "n1")
+    ready_beat(env, "n1")
+    await env.manager.terminate_node("n1")
+    await wait_until(lambda: "n1" not in env.manager.nodes or env.manager.nodes["n1"].record.state == N.TERMINATED)
+    env.manager.nodes.pop("n1", None)
+    env.store.nodes["n1"].state = N.READY  # the inventory died before flushing `terminated`...
+    env.inventory.core.forget("n1")  # ...and its successor rebuilt from that row
+    report = await env.manager.reconcile_provider()
+    assert report["vanished"] == ["n1"]
+    assert env.store.nodes["n1"].state == N.TERMINATED
+
+
 async def test_restart_finishes_a_drain(env: Env) -> None:
     await provisioned(env, "n1")
     env.adapter.deprovision_failures = 100

@@ -1,0 +1,44 @@
+"""runtime.Loop: survives a failing step, wakes early, coalesces bursts of wakes (min_gap_s)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from actors.runtime import Loop
+
+
+async def test_a_failing_step_does_not_end_the_loop() -> None:
+    calls = 0
+
+    async def step() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+
+    loop = Loop("t", step, 0.01)
+    loop.start()
+    await asyncio.sleep(0.1)
+    assert loop.task is not None
+    loop.task.cancel()
+    assert calls >= 3 and loop.errors == 1
+
+
+async def test_a_burst_of_wakes_costs_one_step_per_gap() -> None:
+    steps = 0
+
+    async def step() -> None:
+        nonlocal steps
+        steps += 1
+
+    loop = Loop("t", step, 10.0, min_gap_s=0.05)
+    loop.start()
+    await asyncio.sleep(0.01)
+    assert steps == 1  # the first run
+    for _ in range(200):  # 200 changes within ~0.2 s
+        loop.wake.set()
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.1)
+    assert loop.task is not None
+    loop.task.cancel()
+    assert 2 <= steps <= 8, steps  # one per 50 ms gap, not one per wake
