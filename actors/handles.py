@@ -15,7 +15,7 @@ from typing import Any
 
 import ray
 
-from actors.runtime import DEPLOYMENTS, INVENTORY, NAMESPACE, pool_actor_name
+from actors.runtime import DEPLOYMENTS, INVENTORY, NAMESPACE, PoolRef, get_pool_actor
 
 
 def inventory() -> Any:
@@ -26,8 +26,9 @@ def deployments() -> Any:
     return ray.get_actor(DEPLOYMENTS, namespace=NAMESPACE)
 
 
-def pool(pool_id: str) -> Any:
-    return ray.get_actor(pool_actor_name(pool_id), namespace=NAMESPACE)
+def pool(pool_id: str) -> PoolRef:
+    """The pool's actor (INFERIA_POOL_HOSTS, when set, must be the control plane's)."""
+    return get_pool_actor(pool_id)
 
 
 @dataclass(frozen=True)

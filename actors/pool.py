@@ -1,16 +1,27 @@
-"""PoolActor: one Ray actor per compute pool, hosting a lightweight node actor per node."""
+"""PoolActor: the Ray actor that runs a compute pool (or, with INFERIA_POOL_HOSTS, several), hosting a
+lightweight node actor per node. PoolRuntime is one pool's part of it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
 import ray
 
 from actors.pool_core import PoolManager, QuotaExceeded
-from actors.runtime import INVENTORY, Loop, RuntimeConfig, boot_in_background, get_actor, setup_logging
+from actors.runtime import (
+    INVENTORY,
+    Loop,
+    RuntimeConfig,
+    boot_in_background,
+    get_actor,
+    host_index,
+    pool_actor_name,
+    setup_logging,
+)
 from actors.states import NODE_ALIVE, NodeState, PoolState
 from adapters.base import PermanentProviderError, ProviderError, WorkloadSpec
 from adapters.registry import create_adapter
@@ -38,12 +49,13 @@ class RayInventory:
         return list(await self.handle.heartbeats.remote(beats))
 
 
-@ray.remote
-class PoolActor:
-    def __init__(self, pool_id: str, cfg: dict[str, Any]) -> None:
+class PoolRuntime:
+    """One pool: its PoolManager, its provider-reconcile loop and its API (all idempotent)."""
+
+    def __init__(self, pool_id: str, cfg: RuntimeConfig, store: Callable[[], Awaitable[Store]]) -> None:
         self.pool_id = pool_id
-        self.cfg = RuntimeConfig(**cfg)
-        setup_logging(self.cfg.log_level)
+        self.cfg = cfg
+        self._get_store = store
         self.manager: PoolManager | None = None
         self.store: Store | None = None
         self._boot_lock = asyncio.Lock()
@@ -56,7 +68,7 @@ class PoolActor:
         async with self._boot_lock:
             if self.manager is not None:
                 return self.manager
-            self.store = await Store.connect(self.cfg.dsn, max_size=3)
+            self.store = await self._get_store()
             pool = await self.store.get_pool(self.pool_id)
             if pool is None:
                 raise PermanentProviderError(f"pool {self.pool_id} does not exist")
@@ -120,8 +132,6 @@ class PoolActor:
             return {"ok": False, "error": str(exc)}
 
     async def create_nodes(self, node_ids: list[str], workload: dict[str, Any] | None) -> dict[str, Any]:
-        """Many create_node in one call (a deployment scaling by hundreds): the created nodes, in order, and
-        the quota error that stopped it, if any. Idempotent per node id, like create_node."""
         created: list[dict[str, Any]] = []
         for node_id in node_ids:
             res = await self.create_node(node_id, workload)
@@ -211,5 +221,97 @@ class PoolActor:
             self._loop.task.cancel()
         if self.manager:
             await self.manager.shutdown()
-        if self.store:
-            await self.store.close()
+
+
+@ray.remote
+class PoolActor:
+    """The Ray actor that runs pools: by default one pool (named `pool:<id>`, constructed with the pool id);
+    with INFERIA_POOL_HOSTS=N, one of N hosts (`pools:<k>`, constructed with that name) running every
+    pool whose id hashes to k. Each method takes the pool id first; callers use `runtime.PoolRef`, which
+    adds it. On (re)start a host rebuilds its pools from Postgres, as a one-pool actor does."""
+
+    def __init__(self, key: str, cfg: dict[str, Any]) -> None:
+        self.key = key
+        self.cfg = RuntimeConfig(**cfg)
+        setup_logging(self.cfg.log_level)
+        self.pools: dict[str, PoolRuntime] = {}
+        self._store: Store | None = None
+        self._store_lock = asyncio.Lock()
+        boot_in_background(self._boot, f"pool-actor.{key}")
+
+    async def _shared_store(self) -> Store:
+        """One connection pool for every pool this process runs."""
+        if self._store is None:
+            async with self._store_lock:
+                if self._store is None:
+                    size = 3 if host_index(self.key) is None else 6
+                    self._store = await Store.connect(self.cfg.dsn, max_size=size)
+        return self._store
+
+    async def _boot(self) -> None:
+        if host_index(self.key) is None:
+            self._runtime(self.key)
+            return
+        store = await self._shared_store()
+        for pool in await store.list_pools():
+            if pool.state in (PoolState.ACTIVE, PoolState.DELETING):
+                if pool_actor_name(pool.id, self.cfg.pool_hosts) == self.key:
+                    self._runtime(pool.id)
+
+    def _runtime(self, pool_id: str) -> PoolRuntime:
+        rt = self.pools.get(pool_id)
+        if rt is None:
+            rt = self.pools[pool_id] = PoolRuntime(pool_id, self.cfg, self._shared_store)
+        return rt
+
+    async def hosted(self) -> list[str]:
+        """The pools this actor runs."""
+        return sorted(self.pools)
+
+    # ------------------------------------------------------------ API: PoolRuntime's, by pool id
+    async def ready(self, pool_id: str) -> bool:
+        return await self._runtime(pool_id).ready()
+
+    async def create_node(self, pool_id: str, node_id: str, workload: dict[str, Any] | None) -> dict[str, Any]:
+        return await self._runtime(pool_id).create_node(node_id, workload)
+
+    async def create_nodes(self, pool_id: str, node_ids: list[str], workload: dict[str, Any] | None) -> dict[str, Any]:
+        """Many create_node in one call (a deployment scaling by hundreds): the created nodes, in order, and
+        the quota error that stopped it, if any. Idempotent per node id, like create_node."""
+        return await self._runtime(pool_id).create_nodes(node_ids, workload)
+
+    async def terminate_node(self, pool_id: str, node_id: str, reason: str | None = None) -> bool:
+        return await self._runtime(pool_id).terminate_node(node_id, reason)
+
+    async def drain_node(self, pool_id: str, node_id: str, reason: str | None = None) -> bool:
+        return await self._runtime(pool_id).drain_node(node_id, reason)
+
+    async def node_status(self, pool_id: str, node_id: str) -> dict[str, Any] | None:
+        return await self._runtime(pool_id).node_status(node_id)
+
+    async def get_logs(self, pool_id: str, node_id: str, tail: int = 100) -> list[str]:
+        return await self._runtime(pool_id).get_logs(node_id, tail)
+
+    async def scale(self, pool_id: str, target: int) -> list[str]:
+        return await self._runtime(pool_id).scale(target)
+
+    async def discover(self, pool_id: str) -> list[dict[str, Any]]:
+        return await self._runtime(pool_id).discover()
+
+    async def reconcile_now(self, pool_id: str) -> dict[str, list[str]]:
+        return await self._runtime(pool_id).reconcile_now()
+
+    async def summary(self, pool_id: str) -> dict[str, Any]:
+        return await self._runtime(pool_id).summary()
+
+    async def delete_pool(self, pool_id: str) -> bool:
+        return await self._runtime(pool_id).delete_pool()
+
+    async def terminate_all(self, pool_id: str, reason: str) -> int:
+        return await self._runtime(pool_id).terminate_all(reason)
+
+    async def shutdown(self) -> None:
+        for rt in list(self.pools.values()):
+            await rt.shutdown()
+        if self._store is not None:
+            await self._store.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import zlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,8 +16,29 @@ INVENTORY = "inventory"
 DEPLOYMENTS = "deployments"
 
 
-def pool_actor_name(pool_id: str) -> str:
-    return f"pool:{pool_id}"
+POOL_HOSTS_ENV = "INFERIA_POOL_HOSTS"
+POOL_HOST_PREFIX = "pools:"
+
+
+def pool_hosts_from_env() -> int:
+    try:
+        return max(0, int(os.environ.get(POOL_HOSTS_ENV, "0")))
+    except ValueError:
+        return 0
+
+
+def pool_actor_name(pool_id: str, hosts: int | None = None) -> str:
+    """The Ray actor that runs a pool: `pool:<id>` (one actor per pool, the default), or with `hosts` > 0
+    (INFERIA_POOL_HOSTS) `pools:<k>`, one of `hosts` actors that each run every pool hashed to them."""
+    n = pool_hosts_from_env() if hosts is None else hosts
+    if n <= 0:
+        return f"pool:{pool_id}"
+    return f"{POOL_HOST_PREFIX}{zlib.crc32(pool_id.encode()) % n}"
+
+
+def host_index(name: str) -> int | None:
+    """k for a `pools:<k>` host actor name; None for a one-pool `pool:<id>` actor."""
+    return int(name.removeprefix(POOL_HOST_PREFIX)) if name.startswith(POOL_HOST_PREFIX) else None
 
 
 @dataclass(frozen=True)
@@ -36,6 +59,8 @@ class RuntimeConfig:
     api_host: str = "127.0.0.1"
     data_port: int | None = None
     data_url: str | None = None
+    # 0: one Ray actor per pool; N > 0: N pool-host actors share the pools (each actor is a ~60 MiB process)
+    pool_hosts: int = 0
 
     @property
     def heartbeat_timeout_s(self) -> float:
@@ -85,8 +110,8 @@ def actor_options(name: str) -> dict[str, Any]:
     }
 
 
-def pool_actor_options(pool_id: str) -> dict[str, Any]:
-    return actor_options(pool_actor_name(pool_id)) | {"scheduling_strategy": POOL_SCHEDULING_STRATEGY}
+def pool_actor_options(name: str) -> dict[str, Any]:
+    return actor_options(name) | {"scheduling_strategy": POOL_SCHEDULING_STRATEGY}
 
 
 def setup_logging(level: str) -> None:
@@ -99,16 +124,40 @@ def get_actor(name: str) -> Any:
     return ray.get_actor(name, namespace=NAMESPACE)
 
 
-def get_pool_actor(pool_id: str, cfg: RuntimeConfig | None = None) -> Any:
+class _BoundMethod:
+    def __init__(self, method: Any, pool_id: str) -> None:
+        self.method, self.pool_id = method, pool_id
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self.method.remote(self.pool_id, *args, **kwargs)
+
+
+class PoolRef:
+    """A pool's handle: `ref.create_node.remote(...)` calls `create_node(pool_id, ...)` on the actor that
+    runs the pool, whether that actor runs this pool only or hosts several."""
+
+    def __init__(self, handle: Any, pool_id: str, name: str) -> None:
+        self.handle, self.pool_id, self.name = handle, pool_id, name
+
+    def __getattr__(self, method: str) -> _BoundMethod:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return _BoundMethod(getattr(self.handle, method), self.pool_id)
+
+
+def get_pool_actor(pool_id: str, cfg: RuntimeConfig | None = None) -> PoolRef:
     """The pool's actor; created when missing and cfg is given (idempotent: get_if_exists)."""
+    name = pool_actor_name(pool_id, cfg.pool_hosts if cfg is not None else None)
     try:
-        return ray.get_actor(pool_actor_name(pool_id), namespace=NAMESPACE)
+        return PoolRef(ray.get_actor(name, namespace=NAMESPACE), pool_id, name)
     except ValueError:
         if cfg is None:
             raise
     from actors.pool import PoolActor
 
-    return PoolActor.options(**pool_actor_options(pool_id)).remote(pool_id, cfg.to_dict())  # type: ignore[attr-defined]
+    key = pool_id if host_index(name) is None else name
+    handle = PoolActor.options(**pool_actor_options(name)).remote(key, cfg.to_dict())  # type: ignore[attr-defined]
+    return PoolRef(handle, pool_id, name)
 
 
 async def call(ref: Any, timeout_s: float = 30.0) -> Any:

@@ -20,7 +20,15 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from actors.runtime import DEPLOYMENTS, INVENTORY, NAMESPACE, RuntimeConfig, actor_options, get_pool_actor
+from actors.runtime import (
+    DEPLOYMENTS,
+    INVENTORY,
+    NAMESPACE,
+    RuntimeConfig,
+    actor_options,
+    get_pool_actor,
+    pool_actor_name,
+)
 from actors.states import PoolState
 from controller.config import Settings
 from controller.records import hash_secret
@@ -126,6 +134,7 @@ class ControlPlane:
             provision_timeout_s=s.provision_timeout_s,
             reconcile_interval_s=s.reconcile_interval_s,
             log_level=s.log_level,
+            pool_hosts=s.pool_hosts,
         )
         if s.direct_ingress:
             # measured here (bench/heartbeats.py): ~240 single heartbeats/s through Serve's proxy actor,
@@ -254,7 +263,8 @@ class ControlPlane:
         with_suppress_kill(DEPLOYMENTS)
         if not self.keep_nodes and self.cfg is not None:
             pools = asyncio.run(_active_pools(self.cfg.dsn))
-            handles = [get_pool_actor(pid) for pid in pools if _exists(f"pool:{pid}")]
+            hosts = self.cfg.pool_hosts
+            handles = [get_pool_actor(pid, self.cfg) for pid in pools if _exists(pool_actor_name(pid, hosts))]
             if handles:
                 ray.get([h.terminate_all.remote("control plane stopped") for h in handles], timeout=120)
             time.sleep(1.0)  # let the inventory flush the terminated states

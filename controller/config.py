@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     provision_timeout_s: float = Field(default=600.0, gt=0, validation_alias="INFERIA_PROVISION_TIMEOUT_S")
     reconcile_interval_s: float = Field(default=1.0, gt=0, validation_alias="INFERIA_RECONCILE_INTERVAL_S")
     ray_address: str | None = Field(default=None, validation_alias="RAY_ADDRESS")
+    # 0: one Ray actor (process, ~60 MiB) per pool; N: N pool-host actors share all pools (many pools)
+    pool_hosts: int = Field(default=0, ge=0, le=1024, validation_alias="INFERIA_POOL_HOSTS")
     # public URL that node agents use to reach the API (defaults to http://api_host:api_port)
     public_url: str | None = Field(default=None, validation_alias="INFERIA_PUBLIC_URL")
     log_level: str = Field(default="INFO", validation_alias="INFERIA_LOG_LEVEL")
