@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.scale import (
+from bench.procs import (
     MiB,
     PeakSampler,
     actor_labels,
@@ -29,8 +29,8 @@ from bench.scale import (
     measure,
     postgres_redis,
     session_processes,
-    wait_endpoints,
 )
+from bench.scale import wait_endpoints
 
 TARGET_S = 20.0
 

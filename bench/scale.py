@@ -1,14 +1,15 @@
 """Scale: N pools x M nodes under management (10,000 nodes in 100 pools by default).
 
-    .venv/bin/python -m bench.scale [--pools 100] [--nodes-per-pool 100] [--settle 10]
+    .venv/bin/python -m bench.scale [--pools 100] [--nodes-per-pool 100] [--settle 10] [--pool-hosts 4]
 
 1. InventoryCore alone (no Ray): register N x M nodes, then time sweep() and a routing rebuild whose
    content changed (one node leaves or rejoins the table), the snapshot the reconciler reads, and the
    table's JSON encoding; tracemalloc gives the core's bytes per node.
 2. An idle Ray started the way controller/boot.py starts it (in a subprocess): the memory of all its
    processes is the baseline.
-3. A real control plane in this process with the instant provider (tests/support/instant.py): one
-   empty pool (a control: the cost of a pool actor process without nodes), N pools of max M nodes,
+3. A real control plane in this process with the instant provider (tests/support/instant.py), its pools
+   run by --pool-hosts pool-host actors (INFERIA_POOL_HOSTS; 0: one actor per pool, plus one
+   empty pool as a control: the cost of a pool actor process without nodes), N pools of max M nodes,
    one model per pool and one deployment of M replicas per pool; time until every endpoint is in the
    routing table (long-poll) and every deployment is running; settle; then the memory of every
    process of the Ray session by actor class, CPU shares over the settle window, and the inventory's
@@ -29,192 +30,33 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
-MiB = 2**20
-GiB = 2**30
+from bench.procs import (
+    GiB,
+    MiB,
+    Proc,
+    actor_labels,
+    cpu_by_pid,
+    cpu_delta,
+    group,
+    measure,
+    postgres_redis,
+    session_processes,
+    totals,
+)
+
 TARGET_MEM_GIB = 2.0
 TARGET_SWEEP_MS = 50.0
 TARGET_REBUILD_MS = 50.0
-
-
-# ---------------------------------------------------------------- processes of this Ray session
-@dataclass
-class Proc:
-    pid: int
-    label: str
-    rss: float = 0.0
-    pss: float = 0.0
-    uss: float = 0.0
-    cpu_s: float = 0.0
-
-
-@dataclass
-class Group:
-    label: str
-    count: int = 0
-    rss: float = 0.0
-    pss: float = 0.0
-    uss: float = 0.0
-    cpu_s: float = 0.0
-    pss_each: list[float] = field(default_factory=list)
-
-
-def session_processes() -> list[psutil.Process]:
-    """The Ray session this process started: every descendant but Redis (Postgres daemonizes itself).
-
-    Scoped by parentage, not by name, because other Ray sessions may run on the same machine."""
-    out = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if "redis-server" not in p.name():
-                out.append(p)
-        except psutil.NoSuchProcess:
-            continue
-    return out
-
-
-def actor_labels() -> dict[int, str]:
-    """pid -> actor class (and name for ours) for every live actor of the connected Ray session."""
-    import ray
-
-    out: dict[int, str] = {}
-    for info in ray._private.state.actors().values():  # GCS actor table; no dashboard needed
-        if info.get("State") == "ALIVE" and info.get("Pid"):
-            out[int(info["Pid"])] = str(info["ActorClassName"]).split(".")[-1].split(":")[0]
-    return out
-
-
-def label_of(p: psutil.Process, actors: dict[int, str]) -> str:
-    if p.pid in actors:
-        return actors[p.pid]
-    cmd = p.cmdline()
-    if cmd and cmd[0].startswith("ray::"):
-        return cmd[0][5:].split(".")[0].split(":")[0].strip() or "ray worker"
-    scripts = [Path(a).name for a in cmd[1:3] if a.endswith(".py")]
-    return scripts[0] if scripts else p.name()
-
-
-def measure(procs: Iterable[psutil.Process], actors: dict[int, str], full: bool = True) -> list[Proc]:
-    """Memory (full: RSS, PSS, USS from smaps; else RSS only) and CPU seconds per process."""
-    out = []
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            rec = Proc(p.pid, label_of(p, actors), cpu_s=t.user + t.system)
-            if full:
-                m = p.memory_full_info()
-                rec.rss, rec.pss, rec.uss = float(m.rss), float(m.pss), float(m.uss)
-            else:
-                rec.rss = float(p.memory_info().rss)
-            out.append(rec)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return out
-
-
-def group(procs: Iterable[Proc]) -> dict[str, Group]:
-    out: dict[str, Group] = {}
-    for p in procs:
-        g = out.setdefault(p.label, Group(p.label))
-        g.count += 1
-        g.rss += p.rss
-        g.pss += p.pss
-        g.uss += p.uss
-        g.cpu_s += p.cpu_s
-        g.pss_each.append(p.pss)
-    return out
-
-
-def totals(procs: Iterable[Proc]) -> dict[str, float]:
-    ps = list(procs)
-    return {
-        "rss": sum(p.rss for p in ps),
-        "pss": sum(p.pss for p in ps),
-        "uss": sum(p.uss for p in ps),
-        "cpu_s": sum(p.cpu_s for p in ps),
-        "count": float(len(ps)),
-    }
-
-
-def cpu_by_pid(procs: Iterable[Proc]) -> dict[int, float]:
-    return {p.pid: p.cpu_s for p in procs}
-
-
-def cpu_delta(before: dict[int, float], after: list[Proc]) -> dict[str, float]:
-    """CPU seconds spent per label between two measurements (processes born meanwhile count fully)."""
-    out: dict[str, float] = {}
-    for p in after:
-        out[p.label] = out.get(p.label, 0.0) + p.cpu_s - before.get(p.pid, 0.0)
-    return out
-
-
-class PeakSampler:
-    """Samples the session's total RSS every `every` s in a thread; keeps the peak and its breakdown."""
-
-    def __init__(self, labels: Callable[[], dict[int, str]], every: float = 0.5) -> None:
-        self.labels, self.every = labels, every
-        self.peak = 0.0
-        self.peak_groups: dict[str, Group] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PeakSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        actors: dict[int, str] = {}
-        while not self._stop.is_set():
-            try:
-                actors = self.labels() or actors
-            except Exception:
-                pass
-            procs = measure(session_processes(), actors, full=False)
-            total = sum(p.rss for p in procs)
-            if total > self.peak:
-                self.peak, self.peak_groups = total, group(procs)
-            self._stop.wait(self.every)
-
-
-def postgres_redis(data_dir: Path) -> dict[str, float]:
-    """RSS and CPU seconds of the embedded Postgres (all its processes) and Redis of this control plane."""
-    pg_root = str(data_dir / "pgdata")
-    out = {"pg_rss": 0.0, "pg_cpu_s": 0.0, "pg_procs": 0.0, "redis_rss": 0.0, "redis_cpu_s": 0.0}
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            cmd = " ".join(p.info["cmdline"] or [])
-            if pg_root in cmd:
-                for q in [p, *p.children(recursive=True)]:
-                    t = q.cpu_times()
-                    out["pg_rss"] += q.memory_info().rss
-                    out["pg_cpu_s"] += t.user + t.system
-                    out["pg_procs"] += 1
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    for p in psutil.Process().children():
-        try:
-            if "redis-server" in p.name():
-                t = p.cpu_times()
-                out["redis_rss"] += p.memory_info().rss
-                out["redis_cpu_s"] += t.user + t.system
-        except psutil.NoSuchProcess:
-            continue
-    return out
 
 
 # ---------------------------------------------------------------- 1. InventoryCore alone
@@ -479,19 +321,6 @@ class Run:
     final: dict[str, float] = field(default_factory=dict)
 
 
-def prepare_postgres(data_dir: Path, max_connections: int) -> None:
-    """Initialise the embedded Postgres the control plane will use, with more connections than the
-    default 100: every pool actor holds its own asyncpg pool (1 to 3 connections), so 100 pools need
-    up to 300 (with the default, pool ~90's actor fails to boot: "sorry, too many clients already")."""
-    from controller.services import EmbeddedPostgres
-
-    pg = EmbeddedPostgres(data_dir / "pgdata")
-    pg.start()
-    pg.stop()
-    with open(data_dir / "pgdata" / "postgresql.conf", "a") as f:
-        f.write(f"\nmax_connections = {max_connections}  # bench.scale\n")
-
-
 def pg_connections(dsn: str) -> int:
     import asyncio
 
@@ -513,12 +342,12 @@ def control_plane_run(args: argparse.Namespace, data_dir: Path) -> Run:
 
     run = Run()
     want = args.pools * args.nodes_per_pool
-    if args.pg_max_connections:
-        prepare_postgres(data_dir, args.pg_max_connections)
     cp = cpl.start(data_dir, interval_s=1.0)
     try:
-        with cpl.client(cp) as c:
-            control = c.create_pool("empty-control", provider="instant", max_nodes=1)
+        control = None
+        if args.pool_hosts == 0:  # one actor per pool: measure an empty pool's actor beside the others
+            with cpl.client(cp) as c:
+                control = c.create_pool("empty-control", provider="instant", max_nodes=1)
         pools, run.pools_startup_s = create_pools(cp, args.pools, args.nodes_per_pool)
         print(f"{args.pools} pool actors started in {run.pools_startup_s:.1f} s", flush=True)
         register_models(cp, args.pools)
@@ -532,7 +361,7 @@ def control_plane_run(args: argparse.Namespace, data_dir: Path) -> Run:
         run.cpu, run.samples, run.settle_s = settle_and_sample(cp, args.settle)
         actors = actor_labels()
         run.procs = measure(session_processes(), actors)
-        run.control_pid = _pid_of_actor(f"pool:{control['id']}")
+        run.control_pid = _pid_of_actor(f"pool:{control['id']}") if control else 0
         run.services = postgres_redis(data_dir)
         assert cp.cfg is not None
         run.services["pg_connections"] = pg_connections(cp.cfg.dsn)
@@ -636,8 +465,8 @@ def report_memory(args: argparse.Namespace, run: Run, base: dict[str, Any], core
         print(f"{g.label:<22}{g.count:>5}{g.pss / MiB:>10.0f}{each:>10.1f}{g.uss / MiB:>10.0f}{g.rss / MiB:>10.0f}")
     s = run.services
     print(
-        f"(not Ray) Postgres: {int(s.get('pg_connections', 0))} client connections (max_connections "
-        f"{args.pg_max_connections or 'default 100'}), {int(s.get('pg_procs', 0))} processes, "
+        f"(not Ray) Postgres: {int(s.get('pg_connections', 0))} client connections, "
+        f"{int(s.get('pg_procs', 0))} processes, "
         f"RSS {s.get('pg_rss', 0) / MiB:.0f} MiB; "
         f"Redis RSS {s.get('redis_rss', 0) / MiB:.0f} MiB"
     )
@@ -649,6 +478,19 @@ def report_breakdown(
 ) -> None:
     """Split the memory above idle Ray into pool processes' overhead and per-node state (nodes: routed)."""
     pools = [p for p in procs if p.label == "PoolActor"]
+    if pools and not control:  # pool hosts: no empty pool actor to compare with
+        host = sum(p.pss for p in pools)
+        print("-- where it goes (PSS)")
+        print(
+            f"pool-host processes: {len(pools)}, {host / MiB:.0f} MiB together "
+            f"({host / max(nodes, 1) / 1024:.1f} KiB per node, process overhead included)"
+        )
+        print(
+            f"per-node state in the inventory (tracemalloc, core alone): {core['bytes_per_node'] * nodes / MiB:.0f} MiB"
+            f" ({core['bytes_per_node'] / 1024:.2f} KiB/node)"
+        )
+        print(f"everything else above idle Ray: {(above['pss'] - host) / MiB:.0f} MiB")
+        return
     if not control or not pools:
         print("(no empty control pool measured: no per-process / per-node split)")
         return
@@ -706,7 +548,10 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=10.0)
     ap.add_argument("--timeout", type=float, default=1800.0, help="for the fill-up and for running")
     ap.add_argument(
-        "--pg-max-connections", type=int, default=500, help="0: Postgres' default (100), too few for ~90+ pools"
+        "--pool-hosts",
+        type=int,
+        default=4,
+        help="INFERIA_POOL_HOSTS: pool-host actors sharing the pools; 0: one Ray actor (process) per pool",
     )
     ap.add_argument("--baseline-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -716,6 +561,7 @@ def main() -> None:
     from tests.support import instant
 
     os.environ["INFERIA_ADAPTERS"] = instant.ENV_ADAPTERS  # before Ray starts: its workers inherit it
+    os.environ["INFERIA_POOL_HOSTS"] = str(args.pool_hosts)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     core = core_figures(args.pools, args.nodes_per_pool)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -82,17 +83,17 @@ def test_secrets_stay_secret(control_plane: ControlPlane, api: Client) -> None:
 
     # the events table, the Redis events stream and routing snapshots
     assert control_plane.cfg is not None
-    rds = redis.Redis.from_url(control_plane.cfg.redis_url)
-    stream = json.dumps(
-        [[k.decode(), {a.decode(): b.decode() for a, b in v.items()}] for k, v in rds.xrange("events", count=10_000)]
-    )
-    snapshot = (rds.get("routing:latest") or b"").decode()
+    rds = redis.Redis.from_url(control_plane.cfg.redis_url, decode_responses=True)
+    entries: Any = rds.xrange("events", count=10_000)
+    stream = json.dumps([[k, dict(v)] for k, v in entries])
+    snapshot = str(rds.get("routing:latest") or "")
     rds.close()
 
     # node logs and every log file of this Ray session
     data_dir = Path(control_plane.settings.data_dir)
     logs = [(str(p), p.read_text(errors="replace")) for p in data_dir.glob("nodes/*/*/*.log")]
-    session = Path(ray._private.worker._global_node.get_session_dir_path())  # this test process is the driver
+    node: Any = ray._private.worker._global_node
+    session = Path(node.get_session_dir_path())  # this test process is the driver
     logs += [(str(p), p.read_text(errors="replace")) for p in (session / "logs").glob("*") if p.is_file()]
     logs += [(str(p), p.read_text(errors="replace")) for p in data_dir.glob("*.log")]
     node_json = [(str(p), p.read_text()) for p in data_dir.glob("nodes/*/*/node.json")]
@@ -151,7 +152,8 @@ def test_provider_config_secrets_are_masked(control_plane: ControlPlane, api: Cl
     rds = redis.Redis.from_url(control_plane.cfg.redis_url)
     stream = str(rds.xrange("events", count=100_000))
     rds.close()
-    session = Path(ray._private.worker._global_node.get_session_dir_path())  # type: ignore[attr-defined]
+    node: Any = ray._private.worker._global_node
+    session = Path(node.get_session_dir_path())
     logs = [(str(p), p.read_text(errors="replace")) for p in (session / "logs").glob("*") if p.is_file()]
     places = [*bodies, ("events table", events), ("events stream", stream), *logs]
     for what, secret in secrets.items():

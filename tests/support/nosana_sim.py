@@ -114,8 +114,8 @@ class NosanaSim:
             "NOSANA_MARKETS": f'[{{"address": "{MARKET}", "name": "sim-3090", "gpu_type": "RTX 3090"}}]',
         }
         sidecar = self._spawn([node, str(SIDECAR / "src" / "main.js")], env, "sidecar", cwd=SIDECAR)
-        port = sidecar.wait_line(r"listening on http://127\.0\.0\.1:(\d+)").group(1)
-        self.url = f"http://127.0.0.1:{port}"
+        sidecar_port = sidecar.wait_line(r"listening on http://127\.0\.0\.1:(\d+)").group(1)
+        self.url = f"http://127.0.0.1:{sidecar_port}"
         self.http = httpx.Client(base_url=self.url, headers={"x-internal-api-key": self.key}, timeout=10)
 
     def _spawn(self, argv: list[str], env: dict[str, str], name: str, cwd: Path | None = None) -> Proc:
