@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 REMOVE_RETRY_S = 30.0
 # nodes asked of a pool per actor call when a deployment scales up
 CREATE_BATCH = 100
+# deployments scaling up at the same time within one reconcile round
+CREATE_CONCURRENCY = 8
 
 
 def workload_for(dep: DeploymentRecord, model: ModelRecord) -> dict[str, Any]:
@@ -110,6 +112,7 @@ class DeploymentActor:
         actions = self.planner.plan(views, nodes)
         await self._sync_replicas(deps, nodes)
         models: dict[str, ModelRecord | None] = {}
+        creates: list[Any] = []
         for a in actions:
             dep = deps.get(a.deployment_id)
             if dep is None:
@@ -120,7 +123,7 @@ class DeploymentActor:
                         models[dep.model_id] = await store.get_model(dep.model_id)
                     model = models[dep.model_id]
                     if model is not None:
-                        await self._create(dep, model, a.count)
+                        creates.append(self._create_logged(dep, model, a.count))
                 elif isinstance(a, RemoveReplica):
                     await self._remove(dep, a.node_id, a.reason)
                 elif isinstance(a, SetState):
@@ -130,6 +133,14 @@ class DeploymentActor:
                         deps[dep.id] = new
             except Exception:
                 log.exception("deployment %s: action %s failed", dep.id, a)
+        # deployments scale up side by side (their pools may run in different actors), a few at a time
+        sem = asyncio.Semaphore(CREATE_CONCURRENCY)
+
+        async def bounded(coro: Any) -> None:
+            async with sem:
+                await coro
+
+        await asyncio.gather(*(bounded(c) for c in creates))
         await self._finish_deletes(deps, nodes)
         self.reconciles += 1
         self.last_reconcile_ms = (time.perf_counter() - t0) * 1000
@@ -152,6 +163,12 @@ class DeploymentActor:
         """Forget failure counts (a user restarts a failed deployment)."""
         await self._boot()
         self.planner.reset(deployment_id)
+
+    async def _create_logged(self, dep: DeploymentRecord, model: ModelRecord, count: int) -> None:
+        try:
+            await self._create(dep, model, count)
+        except Exception:
+            log.exception("deployment %s: creating %d replicas failed", dep.id, count)
 
     async def _create(self, dep: DeploymentRecord, model: ModelRecord, count: int) -> None:
         """Ask the pool for `count` new nodes, in batches of CREATE_BATCH (one actor call and one replicas

@@ -20,8 +20,13 @@ log = logging.getLogger(__name__)
 # terminated nodes are kept this long so their late heartbeats are answered 410, then forgotten
 TERMINATED_RETENTION_S = 600.0
 # the routing table is rebuilt at most this often: a burst of changes (1,000 replicas coming up, a sweep
-# after a network partition) makes one new version, not one per node; a rebuild at 10,000 nodes is ~15 ms
+# after a network partition) makes one new version, not one per node. Each version costs a rebuild, a
+# Redis publish (JSON) and an answer to every long-poll; at 10,000 nodes that is tens of ms, so the gap
+# grows to ROUTES_COST_FACTOR x that cost (at most ROUTES_MAX_GAP_S): versions never take more than
+# about a quarter of the actor's time, and heartbeats keep flowing during a big fill-up.
 ROUTES_MIN_GAP_S = 0.05
+ROUTES_MAX_GAP_S = 0.5
+ROUTES_COST_FACTOR = 3.0
 
 
 @ray.remote
@@ -38,6 +43,7 @@ class InventoryActor:
         self._publish_wanted = asyncio.Event()
         self._loops: list[Loop] = []
         self._published_version = 0
+        self._publish_cost_s = 0.0  # the last Redis publish (encoding included)
         self.sweep_ms = 0.0
         self.sweeps = DurationStat()  # the scan for missed heartbeats (the rebuild after it is core.rebuilds)
         boot_in_background(self._boot, "inventory")
@@ -89,11 +95,14 @@ class InventoryActor:
         self._loops[3].wake.set()
 
     async def _rebuild_routes(self) -> None:
+        t0 = time.perf_counter()
         if self.core.refresh_routes():
             async with self._changed:
                 self._changed.notify_all()
             self._publish_wanted.set()
             self._loops[2].wake.set()
+            cost = time.perf_counter() - t0 + self._publish_cost_s
+            self._loops[3].min_gap_s = max(ROUTES_MIN_GAP_S, min(ROUTES_MAX_GAP_S, ROUTES_COST_FACTOR * cost))
 
     async def _sweep(self) -> None:
         t0 = time.perf_counter()
@@ -125,7 +134,10 @@ class InventoryActor:
             return
         self._publish_wanted.clear()
         table = self.core.current_table()
-        if not await self.bus.publish_routing(table):
+        t0 = time.perf_counter()
+        ok = await self.bus.publish_routing(table)
+        self._publish_cost_s = time.perf_counter() - t0
+        if not ok:
             self._publish_wanted.set()  # redis down: try again next round
         else:
             self._published_version = table["version"]

@@ -148,6 +148,7 @@ class InventoryCore:
         self.version = int(wall() * 1000)  # monotonic across restarts as long as the wall clock is
         self.changed_at = wall()  # wall time of the last version change (gateways measure staleness)
         self._routes: dict[str, list[dict[str, Any]]] = {}
+        self._routes_key: dict[str, list[tuple[Any, ...]]] = {}  # _strip_scores(self._routes)
         self._dirty = True
         # paused until the heartbeat ingress is up: "unknown is not dead"
         self.sweeping = sweeping
@@ -328,8 +329,9 @@ class InventoryCore:
         t0 = time.perf_counter()
         self._dirty = False
         new = self._build_routes()
-        changed = _strip_scores(new) != _strip_scores(self._routes)
-        self._routes = new
+        key = _strip_scores(new)  # the previous table's key is kept: one strip per rebuild, not two
+        changed = key != self._routes_key
+        self._routes, self._routes_key = new, key
         if changed:
             self.version += 1
             self.changed_at = self.wall()

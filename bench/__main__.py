@@ -1,6 +1,6 @@
 """Run every benchmark, one after the other, each in its own process (each boots its own Ray).
 
-    .venv/bin/python -m bench [--quick] [--only heartbeats,routing,detection,replicas,scale] [--log FILE]
+    .venv/bin/python -m bench [--quick] [--only heartbeats,storage,routing,detection,replicas,scale] [--log FILE]
 
 Full sizes by default (about 15 minutes on the 2-core VM); `--quick` shrinks every benchmark to check
 that it runs (its figures are not the ones to record). The heartbeat and routing benchmarks need
@@ -19,17 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 FULL: dict[str, list[str]] = {
     "heartbeats": ["--seconds", "8"],
+    "storage": ["--nodes", "10000", "--seconds", "5"],
     "routing": ["--seconds", "6", "--watchers", "1000"],
     "detection": ["--intervals", "1,5", "--trials", "3"],
     "replicas": ["--replicas", "1000"],
-    "scale": ["--pools", "100", "--nodes-per-pool", "100"],
+    "scale": ["--pools", "100", "--nodes-per-pool", "100", "--pool-hosts", "4"],
 }
 QUICK: dict[str, list[str]] = {
     "heartbeats": ["--seconds", "2", "--nodes", "100"],
+    "storage": ["--nodes", "1000", "--seconds", "1"],
     "routing": ["--seconds", "2", "--watchers", "100", "--subscribers", "20"],
     "detection": ["--intervals", "1", "--trials", "1", "--nodes", "20"],
     "replicas": ["--replicas", "100"],
-    "scale": ["--pools", "4", "--nodes-per-pool", "50"],
+    "scale": ["--pools", "4", "--nodes-per-pool", "50", "--pool-hosts", "2"],
 }
 
 

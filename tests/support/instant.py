@@ -12,6 +12,8 @@ Pool config (all optional):
     latency_s            seconds each provision takes (default 0)
     deprovision_latency_s
     timeout_s            how long a "timeout" fault hangs before failing (default 0.2)
+    rescan_s             how often watch_health re-reads every instance file, to see changes made behind
+                         its back (default 1.0; its own creates and deletes are reported at once)
     endpoint_base        base of each node's endpoint (default http://127.0.0.1:9); endpoint = base/n/<node>
     faults               {"provision"|"deprovision"|"status"|"list": [kind, ...]}: the k-th call of that
                          operation for a node fails with the k-th kind (per pool for "list"); a kind ending
@@ -123,11 +125,14 @@ class InstantAdapter(ProviderAdapter):
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         out = dict(config or {})
-        for key in ("latency_s", "deprovision_latency_s", "timeout_s"):
-            v = out.get(key, 0.2 if key == "timeout_s" else 0.0)
+        defaults = {"timeout_s": 0.2, "rescan_s": 1.0}
+        for key in ("latency_s", "deprovision_latency_s", "timeout_s", "rescan_s"):
+            v = out.get(key, defaults.get(key, 0.0))
             if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v <= 600:
                 raise ValueError(f"{key} must be a number of seconds between 0 and 600")
             out[key] = float(v)
+        if out["rescan_s"] < 0.05:
+            raise ValueError("rescan_s must be at least 0.05 seconds")
         base = out.get("endpoint_base", "http://127.0.0.1:9")
         if not isinstance(base, str) or not base.startswith(("http://", "https://")):
             raise ValueError("endpoint_base must be an http(s) URL")
@@ -276,7 +281,7 @@ class InstantAdapter(ProviderAdapter):
             if time.monotonic() >= rescan_at:  # full provider truth, catching changes behind our back
                 current: dict[str, dict[str, Any] | None] = dict(instances(self.dir.parent.parent, self.pool_id))
                 current.update({n: None for n in last if n not in current})
-                rescan_at = time.monotonic() + 1.0
+                rescan_at = time.monotonic() + float(self.config["rescan_s"])
             else:
                 current = {}
             current.update(self._dirty)
