@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -154,6 +155,14 @@ def main() -> None:
                     n += 1
             beats = [{"token": f"tok-{i}", "node_id": f"node-{i:05d}", "state": "ready"} for i in range(n)]
             ray.get(inv.heartbeats.remote(beats))
+            # keep them alive for the whole run (interval 5 s x 3 misses: silent nodes would leave the table)
+            beating = threading.Event()
+
+            def beat() -> None:
+                while not beating.wait(2.0):
+                    ray.get(inv.heartbeats.remote(beats))
+
+            threading.Thread(target=beat, daemon=True).start()
             c = cpl.client(cp)
             table = cpl.wait_for(
                 lambda: (t := c.routing_table()) and len(t["models"]) == args.models and t,
@@ -175,6 +184,7 @@ def main() -> None:
                 ray.get(inv.transition.remote("node-00001", "draining", "bench"))
 
             fan_med, fan_max, fan_n = asyncio.run(redis_fanout(cp.cfg.redis_url, args.subscribers, change_back))
+            beating.set()
         finally:
             cp.stop()
 
