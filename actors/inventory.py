@@ -152,6 +152,13 @@ class InventoryActor:
         await self._boot()
         self.core.grace_all()
 
+    def _ingress_up(self) -> None:
+        """An API replica reached us (its heartbeats or its routing long-poll): after a restart of this
+        actor alone, no replica starts again to call ingress_started, so this resumes the sweep."""
+        if not self.core.sweeping:
+            log.info("heartbeat ingress reachable: counting missed heartbeats from now")
+            self.core.grace_all()
+
     async def register(self, info: dict[str, Any]) -> None:
         await self._boot()
         self.core.register(info)
@@ -163,9 +170,14 @@ class InventoryActor:
         await self._after_change()
         return ok
 
-    async def heartbeats(self, beats: list[dict[str, Any]]) -> list[tuple[int, str | None, str | None]]:
-        """One call per batch of heartbeats; returns (status, node_id, message) per heartbeat."""
+    async def heartbeats(
+        self, beats: list[dict[str, Any]], from_ingress: bool = False
+    ) -> list[tuple[int, str | None, str | None]]:
+        """One call per batch of heartbeats; returns (status, node_id, message) per heartbeat. from_ingress:
+        sent by an API replica (node agents), not by a pool relaying its provider's health."""
         await self._boot()
+        if from_ingress:
+            self._ingress_up()
         results = self.core.heartbeat_batch(Heartbeat(**b) for b in beats)
         await self._after_change()
         return [(int(r.status), r.node_id, r.message) for r in results]
@@ -174,9 +186,11 @@ class InventoryActor:
         await self._boot()
         return self.core.current_table()
 
-    async def wait_routing(self, known_version: int, timeout_s: float) -> dict[str, Any]:
+    async def wait_routing(self, known_version: int, timeout_s: float, from_ingress: bool = False) -> dict[str, Any]:
         """Long-poll: answers as soon as the version differs from known_version, or at the timeout."""
         await self._boot()
+        if from_ingress:
+            self._ingress_up()
         if self.core.version == known_version:
             async with self._changed:
                 try:

@@ -70,10 +70,12 @@ class AppContext:
         return get_pool_actor(pool_id, self.cfg)
 
     async def _poll_routing(self, version: int, timeout_s: float) -> dict[str, Any]:
-        return await call(self.inventory().wait_routing.remote(version, timeout_s), timeout_s + 10)  # type: ignore[no-any-return]
+        # from_ingress: a (re)started inventory learns that heartbeats can reach it (and starts its sweep)
+        ref = self.inventory().wait_routing.remote(version, timeout_s, from_ingress=True)
+        return await call(ref, timeout_s + 10)  # type: ignore[no-any-return]
 
     async def _flush_heartbeats(self, beats: list[dict[str, Any]]) -> list[tuple[int, str | None, str | None]]:
-        return await call(self.inventory().heartbeats.remote(beats), 30)  # type: ignore[no-any-return]
+        return await call(self.inventory().heartbeats.remote(beats, from_ingress=True), 30)  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------ secrets
     async def inference_key(self, deployment_id: str) -> str | None:

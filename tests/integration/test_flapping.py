@@ -150,3 +150,35 @@ def test_flapping_node_gets_hysteresis_not_a_replacement_storm(control_plane: Co
     api.delete_deployment(dep_id)
     cpl.wait_for(lambda: not any(d["id"] == dep_id for d in api.list_deployments()), 60, what="deleted")
     api.delete_pool(pool["id"])
+
+
+def test_silent_nodes_are_still_detected_after_the_inventory_restarts(control_plane: ControlPlane, api: Client) -> None:
+    """The sweep waits for the heartbeat ingress after a (re)start ("unknown is not dead"). When only the
+    inventory restarts, no API replica starts again: the replicas' next heartbeats or routing long-poll
+    tell the new inventory the ingress is up, and missed heartbeats count again."""
+    data_dir = Path(control_plane.settings.data_dir)
+    interval = control_plane.settings.heartbeat_interval_s
+    name = f"inv-restart-{uuid.uuid4().hex[:6]}"
+    api.register_model(**cpl.fake_model(name))
+    pool = api.create_pool(f"inv-restart-{uuid.uuid4().hex[:6]}")
+    dep = api.deploy(name, pool["name"], replicas=1)
+    api.wait_deployment(dep["id"], timeout=60)
+    node_id = next(iter(_dep_nodes(api, pool["id"], dep["id"])))
+    agent, _ = cpl.node_pids(data_dir, node_id)
+    assert agent is not None
+
+    inv = ray.get_actor(INVENTORY, namespace=NAMESPACE)
+    ray.kill(inv, no_restart=False)
+    cpl.wait_for(lambda: _inventory_node(node_id)["state"] == "ready", 60, what="inventory back, node ready")
+
+    t0 = _stop_after_fresh_beat(agent, node_id)
+    try:
+        seen = _watch(node_id, lambda s: s == "unhealthy", 3 * interval + 5.0)
+        took = time.monotonic() - t0
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    assert seen == ["ready", "unhealthy"], seen
+    assert took <= 3 * interval + 2.0, took  # by the sweep, not by the 10 s provider reconcile
+    _watch(node_id, lambda s: s == "ready", 15.0)
+    api.delete_deployment(dep["id"])
+    cpl.wait_for(lambda: not any(d["id"] == dep["id"] for d in api.list_deployments()), 60, what="deleted")
