@@ -41,10 +41,12 @@ class InventoryActor:
         self._booted = False
         self._changed = asyncio.Condition()
         self._publish_wanted = asyncio.Event()
-        self._loops: list[Loop] = []
+        self._sweep_loop = Loop("inventory.sweep", self._sweep, min(0.25, self.cfg.heartbeat_interval_s / 4))
+        self._flush_loop = Loop("inventory.flush", self._flush, 0.5)
+        self._publish_loop = Loop("inventory.publish", self._publish, 5.0)
+        self._routes_loop = Loop("inventory.routes", self._rebuild_routes, 1.0, min_gap_s=ROUTES_MIN_GAP_S)
         self._published_version = 0
         self._publish_cost_s = 0.0  # the last Redis publish (encoding included)
-        self.sweep_ms = 0.0
         self.sweeps = DurationStat()  # the scan for missed heartbeats (the rebuild after it is core.rebuilds)
         boot_in_background(self._boot, "inventory")
 
@@ -76,14 +78,7 @@ class InventoryActor:
                 e.engine_ready = rec.state == NodeState.READY
                 e.health_score = rec.health_score
             self.core.refresh_routes()
-            sweep_every = min(0.25, self.cfg.heartbeat_interval_s / 4)
-            self._loops = [
-                Loop("inventory.sweep", self._sweep, sweep_every),
-                Loop("inventory.flush", self._flush, 0.5),
-                Loop("inventory.publish", self._publish, 5.0),
-                Loop("inventory.routes", self._rebuild_routes, 1.0, min_gap_s=ROUTES_MIN_GAP_S),
-            ]
-            for lp in self._loops:
+            for lp in (self._sweep_loop, self._flush_loop, self._publish_loop, self._routes_loop):
                 lp.start()
             self._booted = True
             self._publish_wanted.set()
@@ -92,7 +87,7 @@ class InventoryActor:
     # ------------------------------------------------------------ loops
     async def _after_change(self) -> None:
         """Something may have changed the routing table: have it rebuilt soon (coalesced)."""
-        self._loops[3].wake.set()
+        self._routes_loop.wake.set()
 
     async def _rebuild_routes(self) -> None:
         t0 = time.perf_counter()
@@ -100,9 +95,9 @@ class InventoryActor:
             async with self._changed:
                 self._changed.notify_all()
             self._publish_wanted.set()
-            self._loops[2].wake.set()
+            self._publish_loop.wake.set()
             cost = time.perf_counter() - t0 + self._publish_cost_s
-            self._loops[3].min_gap_s = max(ROUTES_MIN_GAP_S, min(ROUTES_MAX_GAP_S, ROUTES_COST_FACTOR * cost))
+            self._routes_loop.min_gap_s = max(ROUTES_MIN_GAP_S, min(ROUTES_MAX_GAP_S, ROUTES_COST_FACTOR * cost))
 
     async def _sweep(self) -> None:
         t0 = time.perf_counter()
@@ -113,7 +108,6 @@ class InventoryActor:
                 self.core.forget(e.id)
         self.sweeps.add(time.perf_counter() - t0)
         await self._after_change()
-        self.sweep_ms = (time.perf_counter() - t0) * 1000
 
     async def _flush(self) -> None:
         assert self.store is not None
@@ -160,8 +154,13 @@ class InventoryActor:
             self.core.grace_all()
 
     async def register(self, info: dict[str, Any]) -> None:
+        await self.register_many([info])
+
+    async def register_many(self, infos: list[dict[str, Any]]) -> None:
+        """Add or refresh nodes (idempotent): a pool creating a batch of nodes makes one call."""
         await self._boot()
-        self.core.register(info)
+        for info in infos:
+            self.core.register(info)
         await self._after_change()
 
     async def transition(self, node_id: str, state: str, reason: str | None = None) -> bool:
@@ -232,5 +231,5 @@ class InventoryActor:
             "routing_version": self.core.version,
             "published_version": self._published_version,
             "redis_healthy": bool(self.bus and self.bus.healthy),
-            "sweep_ms": self.sweep_ms,
+            "sweep_ms": self.sweeps.last_s * 1000,
         }

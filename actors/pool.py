@@ -11,7 +11,7 @@ from typing import Any
 
 import ray
 
-from actors.pool_core import PoolManager, QuotaExceeded
+from actors.pool_core import PoolManager
 from actors.runtime import (
     INVENTORY,
     Loop,
@@ -41,6 +41,9 @@ class RayInventory:
 
     async def register(self, info: dict[str, Any]) -> None:
         await self.handle.register.remote(info)
+
+    async def register_many(self, infos: list[dict[str, Any]]) -> None:
+        await self.handle.register_many.remote(infos)
 
     async def transition(self, node_id: str, state: NodeState, reason: str | None) -> bool:
         return bool(await self.handle.transition.remote(node_id, str(state), reason))
@@ -120,25 +123,18 @@ class PoolRuntime:
         return True
 
     async def create_node(self, node_id: str, workload: dict[str, Any] | None) -> dict[str, Any]:
+        res = await self.create_nodes([node_id], workload)
+        return {"ok": True, "node": res["nodes"][0]} if res["ok"] else {"ok": False, "error": res["error"]}
+
+    async def create_nodes(self, node_ids: list[str], workload: dict[str, Any] | None) -> dict[str, Any]:
         m = await self._boot()
         spec = None
         if workload is not None:
             w = dict(workload)
             w["args"] = tuple(w.get("args") or ())
             spec = WorkloadSpec(**w)
-        try:
-            return {"ok": True, "node": await m.create_node(node_id, spec)}
-        except QuotaExceeded as exc:
-            return {"ok": False, "error": str(exc)}
-
-    async def create_nodes(self, node_ids: list[str], workload: dict[str, Any] | None) -> dict[str, Any]:
-        created: list[dict[str, Any]] = []
-        for node_id in node_ids:
-            res = await self.create_node(node_id, workload)
-            if not res["ok"]:
-                return {"ok": False, "error": res["error"], "nodes": created}
-            created.append(res["node"])
-        return {"ok": True, "nodes": created}
+        created, error = await m.create_nodes(node_ids, spec)
+        return {"ok": error is None, "error": error, "nodes": created}
 
     async def terminate_node(self, node_id: str, reason: str | None = None) -> bool:
         m = await self._boot()

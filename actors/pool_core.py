@@ -42,6 +42,7 @@ class QuotaExceeded(Exception):
 
 class InventoryPort(Protocol):
     async def register(self, info: dict[str, Any]) -> None: ...
+    async def register_many(self, infos: list[dict[str, Any]]) -> None: ...
     async def transition(self, node_id: str, state: NodeState, reason: str | None) -> bool: ...
     async def heartbeats(self, beats: list[dict[str, Any]]) -> list[Any]: ...
 
@@ -268,34 +269,51 @@ class PoolManager:
     # ------------------------------------------------------------ commands (idempotent)
     async def create_node(self, node_id: str | None = None, workload: WorkloadSpec | None = None) -> dict[str, Any]:
         """Create (or find) a node and start provisioning it in the background; returns at once."""
+        created, error = await self.create_nodes([node_id or new_id("node")], workload)
+        if error is not None:
+            raise QuotaExceeded(error)
+        return created[0]
+
+    async def create_nodes(
+        self, node_ids: list[str], workload: WorkloadSpec | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """create_node for many ids (idempotent per id) with one inventory call for the batch: the nodes,
+        in order, and the quota error that stopped the batch, if any."""
+        out: list[dict[str, Any]] = []
+        started: list[NodeActor] = []
+        error: str | None = None
         async with self._lock:
-            node_id = node_id or new_id("node")
-            existing = self.nodes.get(node_id)
-            if existing is not None:
-                return existing.record.public()
-            if self.alive_count() >= self.pool.max_nodes:
-                raise QuotaExceeded(f"pool {self.pool.name!r} is at its max_nodes quota ({self.pool.max_nodes})")
-            token = node_token(self.token_key, node_id)
-            rec = NodeRecord(
-                id=node_id,
-                pool_id=self.pool.id,
-                provider=self.pool.provider,
-                state=NodeState.PROVISIONING,
-                token_hash=hash_secret(token),
-                deployment_id=workload.deployment_id if workload else None,
-                resources={"model_name": workload.model_name} if workload else {},
-            )
-            rec = await self.store.insert_node(rec)
-            if node_id in self._ended:  # a retried call: it ended here, its row may not say so yet (batched writes)
-                rec.state = NodeState.TERMINATED
-            if rec.state not in NODE_ALIVE:
-                return rec.public()
-            actor = NodeActor(self, rec, workload)
-            self.nodes[node_id] = actor
-            actor.start()
-            await self.inventory.register(self._info(rec, workload))
-            actor.send(Cmd.PROVISION)
-            return rec.public()
+            for node_id in node_ids:
+                existing = self.nodes.get(node_id)
+                if existing is not None:
+                    out.append(existing.record.public())
+                    continue
+                if self.alive_count() >= self.pool.max_nodes:
+                    error = f"pool {self.pool.name!r} is at its max_nodes quota ({self.pool.max_nodes})"
+                    break
+                rec = NodeRecord(
+                    id=node_id,
+                    pool_id=self.pool.id,
+                    provider=self.pool.provider,
+                    state=NodeState.PROVISIONING,
+                    token_hash=hash_secret(node_token(self.token_key, node_id)),
+                    deployment_id=workload.deployment_id if workload else None,
+                    resources={"model_name": workload.model_name} if workload else {},
+                )
+                rec = await self.store.insert_node(rec)
+                if node_id in self._ended:  # a retried call: it ended here; its row may not say so yet
+                    rec.state = NodeState.TERMINATED
+                if rec.state in NODE_ALIVE:
+                    actor = NodeActor(self, rec, workload)
+                    self.nodes[node_id] = actor
+                    actor.start()
+                    started.append(actor)
+                out.append(rec.public())
+            if started:
+                await self.inventory.register_many([self._info(a.record, workload) for a in started])
+            for actor in started:
+                actor.send(Cmd.PROVISION)
+        return out, error
 
     async def terminate_node(self, node_id: str, reason: str | None = None) -> bool:
         actor = self.nodes.get(node_id)

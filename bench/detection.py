@@ -48,25 +48,14 @@ async def _measure(cp: Any, interval: float, trials: int, n_nodes: int) -> dict[
     import redis.asyncio as aioredis
 
     from actors.runtime import INVENTORY, get_actor
-    from controller.records import hash_secret
+    from bench import fake_nodes
     from tests.support import controlplane as cpl
 
     assert cp.cfg is not None
     inv = get_actor(INVENTORY)
     pool = cpl.client(cp).create_pool("detect")
-    tokens = {f"node-{i:04d}": f"tok-{i}" for i in range(n_nodes)}
-    for i, node in enumerate(tokens):
-        info = {
-            "id": node,
-            "pool_id": pool["id"],
-            "provider": "bench",
-            "state": "provisioning",
-            "token_hash": hash_secret(tokens[node]),
-            "deployment_id": "dep-detect",
-            "model_name": "detect",
-            "endpoint": f"http://127.0.0.1:{20000 + i}",
-        }
-        await inv.register.remote(info)
+    ids = await asyncio.to_thread(fake_nodes.register, inv, pool["id"], n_nodes, lambda _i: "detect")
+    tokens = {node: fake_nodes.token(i) for i, node in enumerate(ids)}
     alive = dict(tokens)
     last_sent: dict[str, float] = {}
     hb_url = cp.data_url + "/inventory/heartbeat"
@@ -126,7 +115,7 @@ async def _measure(cp: Any, interval: float, trials: int, n_nodes: int) -> dict[
         await until(lambda: seen_poll and len(routed(seen_poll[-1][1])) == n_nodes, 30, "all nodes routed")
         results = []
         for k in range(trials):
-            victim = f"node-{k:04d}"
+            victim = fake_nodes.node_id(k)
             sent = last_sent[victim]
             await until(lambda v=victim, s=sent: last_sent[v] > s, interval * 2 + 5, "a fresh beat")  # type: ignore[misc]
             alive.pop(victim)  # silenced right after a heartbeat was sent for it

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
-from controller.records import hash_secret
+from bench import fake_nodes
+from bench.procs import MiB, measure, session_processes, totals
 from controller.services import free_port
 
 
@@ -151,19 +151,10 @@ def _parse_wrk(out: str) -> dict[str, float]:
     }
 
 
-def ray_footprint() -> tuple[float, float]:
-    """(cpu seconds, RSS MiB) of every Ray process of this session (raylet, gcs, actors, serve)."""
-    cpu = rss = 0.0
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            cmd = " ".join(p.info["cmdline"] or [])
-            if cmd.startswith("ray::") or "raylet" in cmd or "gcs_server" in cmd or "default_worker" in cmd:
-                t = p.cpu_times()
-                cpu += t.user + t.system
-                rss += p.memory_info().rss / 2**20
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return cpu, rss
+def control_plane_footprint() -> tuple[float, float]:
+    """(CPU seconds, RSS MiB) of the Ray session this process started (not other sessions on the machine)."""
+    t = totals(measure(session_processes(), {}, full=False))
+    return t["cpu_s"], t["rss"] / MiB
 
 
 def main() -> None:
@@ -187,7 +178,7 @@ def main() -> None:
     plain = subprocess.Popen([sys.executable, str(Path(__file__).with_name("plain_app.py")), str(port)])
     try:
         cpl.wait_for(lambda: _up(f"http://127.0.0.1:{port}"), 20, what="plain app")
-        nodes = [(f"node-{i:05d}", f"tok-{i}") for i in range(args.nodes)]
+        nodes = [(fake_nodes.node_id(i), fake_nodes.token(i)) for i in range(args.nodes)]
         url = f"http://127.0.0.1:{port}/inventory/heartbeat"
         results["plain_single"] = single(url, nodes, args)
         results["plain_batched"] = asyncio.run(drive_batched(url, nodes, args.seconds, 4, args.batch))
@@ -200,18 +191,14 @@ def main() -> None:
         try:
             inv = get_actor(INVENTORY)
             pool = cpl.client(cp).create_pool("bench")
-            infos = [
-                {"id": n, "pool_id": pool["id"], "provider": "bench", "state": "ready", "token_hash": hash_secret(t)}
-                for n, t in nodes
-            ]
-            ray.get([inv.register.remote(i) for i in infos])
+            fake_nodes.register(inv, pool["id"], len(nodes))
             results["proxy_single"] = single(cp.api_url + "/inventory/heartbeat", nodes, args)
             url = cp.data_url + "/inventory/heartbeat"
             results["mode"] = "replica data port" if cp.data_url != cp.api_url else "Serve proxy"
-            cpu0, _ = ray_footprint()
+            cpu0, _ = control_plane_footprint()
             t0 = time.monotonic()
             results["ours_single"] = single(url, nodes, args)
-            cpu1, rss = ray_footprint()
+            cpu1, rss = control_plane_footprint()
             results["ours_single"]["control_plane_cpu_pct"] = 100 * (cpu1 - cpu0) / (time.monotonic() - t0)
             results["ours_single"]["control_plane_rss_mib"] = rss
             results["ours_batched"] = asyncio.run(drive_batched(url, nodes, args.seconds, 4, args.batch))

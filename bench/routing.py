@@ -25,8 +25,8 @@ import httpx
 import psutil
 import ray
 
+from bench import fake_nodes
 from bench.heartbeats import wrk_get
-from controller.records import hash_secret
 
 
 def replica_rss_mib() -> float:
@@ -138,22 +138,11 @@ def main() -> None:
         try:
             inv = get_actor(INVENTORY)
             pool = cpl.client(cp).create_pool("bench")
-            n = 0
-            for m in range(args.models):
-                for _e in range(args.endpoints):
-                    info = {
-                        "id": f"node-{n:05d}",
-                        "pool_id": pool["id"],
-                        "provider": "bench",
-                        "state": "provisioning",
-                        "token_hash": hash_secret(f"tok-{n}"),
-                        "deployment_id": f"dep-{m}",
-                        "model_name": f"model-{m}",
-                        "endpoint": f"http://127.0.0.1:{20000 + n}",
-                    }
-                    ray.get(inv.register.remote(info))
-                    n += 1
-            beats = [{"token": f"tok-{i}", "node_id": f"node-{i:05d}", "state": "ready"} for i in range(n)]
+            n = args.models * args.endpoints
+            fake_nodes.register(inv, pool["id"], n, model_of=lambda i: f"model-{i // args.endpoints}")
+            beats = [
+                {"token": fake_nodes.token(i), "node_id": fake_nodes.node_id(i), "state": "ready"} for i in range(n)
+            ]
             ray.get(inv.heartbeats.remote(beats))
             # keep them alive for the whole run (interval 5 s x 3 misses: silent nodes would leave the table)
             beating = threading.Event()

@@ -242,11 +242,17 @@ class FakeInventory:
         self.core = core
         self.store = store
         self.registered: list[dict[str, Any]] = []
+        self.register_batches = 0
         self.transitions: list[tuple[str, NodeState, str | None, bool]] = []
 
     async def register(self, info: dict[str, Any]) -> None:
         self.registered.append(dict(info))
         self.core.register(info)
+
+    async def register_many(self, infos: list[dict[str, Any]]) -> None:
+        self.register_batches += 1
+        for info in infos:
+            await self.register(info)
 
     async def transition(self, node_id: str, state: NodeState, reason: str | None) -> bool:
         ok = self.core.transition(node_id, NodeState(state), reason)

@@ -155,6 +155,17 @@ async def test_concurrent_creates_of_one_node_make_one_instance(env: Env) -> Non
     assert len(env.adapter.provision_calls) == 1
 
 
+async def test_create_nodes_registers_a_batch_at_once_and_stops_at_the_quota(env: Env) -> None:
+    env.manager.pool.max_nodes = 3
+    await env.manager.create_node("n0", WORKLOAD)
+    created, error = await env.manager.create_nodes(["n0", "n1", "n2", "n3", "n4"], WORKLOAD)
+    assert [n["id"] for n in created] == ["n0", "n1", "n2"]  # n0 found, n1 and n2 new, then the quota
+    assert error is not None and "max_nodes" in error
+    assert env.inventory.register_batches == 2  # one for n0's own call, one for the batch
+    assert [i["id"] for i in env.inventory.registered] == ["n0", "n1", "n2"]
+    await wait_until(lambda: len(env.adapter.instances) == 3)
+
+
 async def test_create_node_without_id_makes_a_new_id(env: Env) -> None:
     a = await env.manager.create_node()
     b = await env.manager.create_node()
