@@ -16,6 +16,7 @@ from actors.deployment_core import (
     RemoveReplica,
     SetState,
 )
+from actors.records import DeploymentRecord, ModelRecord, ReplicaRecord, new_id
 from actors.runtime import (
     INVENTORY,
     Loop,
@@ -26,8 +27,7 @@ from actors.runtime import (
     setup_logging,
 )
 from actors.states import DEPLOYMENT_ACTIVE, DEPLOYMENT_DELETABLE, DeploymentState
-from controller.records import DeploymentRecord, ModelRecord, ReplicaRecord, new_id
-from controller.storage import Store
+from actors.storage import Store
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import ray
 
+from actors.bus import EventBus
 from actors.inventory_core import DurationStat, Heartbeat, InventoryCore
 from actors.runtime import Loop, RuntimeConfig, boot_in_background, setup_logging
 from actors.states import NODE_ALIVE, NodeState
-from controller.bus import EventBus
-from controller.storage import Store
+from actors.storage import Store
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
+from actors.records import secret_matches
 from actors.states import NODE_TERMINAL, NodeState, node_can
-from controller.records import secret_matches
 
 Clock = Callable[[], float]
 

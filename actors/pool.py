@@ -12,6 +12,7 @@ from typing import Any
 import ray
 
 from actors.pool_core import PoolManager
+from actors.records import new_secret
 from actors.runtime import (
     INVENTORY,
     Loop,
@@ -23,10 +24,9 @@ from actors.runtime import (
     setup_logging,
 )
 from actors.states import NODE_ALIVE, NodeState, PoolState
+from actors.storage import Store
 from adapters.base import PermanentProviderError, ProviderError, WorkloadSpec
 from adapters.registry import create_adapter
-from controller.records import new_secret
-from controller.storage import Store
 
 log = logging.getLogger(__name__)
 

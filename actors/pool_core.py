@@ -18,6 +18,7 @@ from dataclasses import asdict
 from enum import StrEnum
 from typing import Any, Protocol
 
+from actors.records import NodeRecord, PoolRecord, hash_secret, new_id
 from actors.retry import RetryPolicy, Sleep, with_retry
 from actors.states import NODE_ALIVE, NodeState
 from adapters.base import (
@@ -31,7 +32,6 @@ from adapters.base import (
     ProvisionRequest,
     WorkloadSpec,
 )
-from controller.records import NodeRecord, PoolRecord, hash_secret, new_id
 
 log = logging.getLogger(__name__)
 

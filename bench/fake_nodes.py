@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from controller.records import hash_secret
+from actors.records import hash_secret
 
 
 def node_id(i: int) -> str:

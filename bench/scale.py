@@ -62,7 +62,7 @@ TARGET_REBUILD_MS = 50.0
 # ---------------------------------------------------------------- 1. InventoryCore alone
 def _fill_core(pools: int, per_pool: int) -> tuple[Any, list[str]]:
     from actors.inventory_core import Heartbeat, InventoryCore
-    from controller.records import hash_secret
+    from actors.records import hash_secret
 
     core = InventoryCore(3.0)
     ids = []

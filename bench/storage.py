@@ -24,9 +24,9 @@ TARGET_BEATS_S = 10_000.0
 
 
 async def measure(dsn: str, nodes: int, seconds: float) -> dict[str, float]:
+    from actors.records import PoolRecord, hash_secret
     from actors.states import NodeState
-    from controller.records import PoolRecord, hash_secret
-    from controller.storage import Store
+    from actors.storage import Store
 
     store = await Store.connect(dsn, max_size=17, migrate=True)
     try:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from actors.records import hash_secret
 from actors.runtime import (
     DEPLOYMENTS,
     INVENTORY,
@@ -30,10 +31,9 @@ from actors.runtime import (
     pool_actor_name,
 )
 from actors.states import PoolState
+from actors.storage import Store
 from controller.config import Settings
-from controller.records import hash_secret
 from controller.services import EmbeddedPostgres, EmbeddedRedis, redis_url
-from controller.storage import Store
 
 log = logging.getLogger(__name__)
 

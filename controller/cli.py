@@ -142,8 +142,8 @@ def down(timeout: Annotated[float, typer.Option(help="Seconds to wait for a clea
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def agent(ctx: typer.Context) -> None:
-    """Run the node agent (used by providers; see `python -m controller.agent --help`)."""
-    from controller.agent import main as agent_main
+    """Run the node agent (used by providers; see `python -m adapters.agent --help`)."""
+    from adapters.agent import main as agent_main
 
     raise typer.Exit(agent_main(list(ctx.args)))
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from fastapi import Request
 
+from actors.records import secret_matches
 from actors.runtime import DEPLOYMENTS, INVENTORY, RuntimeConfig, call, get_actor, get_pool_actor
-from controller.records import secret_matches
-from controller.storage import Store
+from actors.storage import Store
 from serve_app.batcher import MicroBatcher
 from serve_app.errors import ApiError
 from serve_app.proxy import InferenceProxy

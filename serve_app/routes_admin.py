@@ -8,11 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from actors.runtime import call
-from actors.states import DEPLOYMENT_ACTIVE, DEPLOYMENT_DELETABLE, NODE_ALIVE, DeploymentState, PoolState
-from adapters.base import PermanentProviderError, ProviderError
-from adapters.registry import available, get_adapter_class
-from controller.records import (
+from actors.records import (
     DeploymentRecord,
     ModelRecord,
     PoolRecord,
@@ -20,7 +16,11 @@ from controller.records import (
     new_id,
     new_secret,
 )
-from controller.storage import ConflictError, DuplicateError, Store
+from actors.runtime import call
+from actors.states import DEPLOYMENT_ACTIVE, DEPLOYMENT_DELETABLE, NODE_ALIVE, DeploymentState, PoolState
+from actors.storage import ConflictError, DuplicateError, Store
+from adapters.base import PermanentProviderError, ProviderError
+from adapters.registry import available, get_adapter_class
 from serve_app.context import AppContext, require_admin
 from serve_app.errors import ApiError, not_found
 from serve_app.schemas import DeploymentCreate, DeploymentPatch, ModelCreate, PoolCreate, PoolScale

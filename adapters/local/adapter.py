@@ -1,6 +1,6 @@
 """The local provider: every node is a supervised process group on this machine.
 
-A node is the node agent (`python -m controller.agent`) in its own session, detached from the
+A node is the node agent (`python -m adapters.agent`) in its own session, detached from the
 orchestrator so that it outlives it, plus the engine the agent starts as its child. Its state
 lives in `{data_dir}/nodes/{pool_id}/{node_id}/node.json`; a restarted orchestrator adopts
 every node whose agent still runs.
@@ -20,6 +20,7 @@ from typing import Any
 
 import psutil
 
+from adapters.agent import command_line as agent_command_line
 from adapters.base import (
     Capabilities,
     NodeRef,
@@ -36,7 +37,6 @@ from adapters.base import (
 from adapters.local import procs
 from adapters.local.engines import EngineSpec, build_engine
 from adapters.local.gpu import GpuInfo, detect_gpus
-from controller.agent import command_line as agent_command_line
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ DEFAULT_PORT_RANGE = (20000, 29999)
 NODE_FILE = "node.json"
 AGENT_LOG = "agent.log"
 ENGINE_LOG = "engine.log"
-# the directory that holds the `controller` package, so `python -m controller.agent` imports
+# the directory that holds the `adapters` package, so `python -m adapters.agent` imports
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _MB = 1024 * 1024
 

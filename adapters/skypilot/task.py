@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from adapters.agent import command_line as agent_command_line
 from adapters.base import PermanentProviderError, ProvisionRequest, WorkloadSpec
-from controller.agent import command_line as agent_command_line
 
 if TYPE_CHECKING:
     import sky

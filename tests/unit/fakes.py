@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 from actors.inventory_core import Heartbeat, HeartbeatResult, InventoryCore
+from actors.records import NodeRecord
 from actors.states import NodeState
 from adapters.base import (
     Capabilities,
@@ -22,7 +23,6 @@ from adapters.base import (
     ResourceOffer,
     TemporaryProviderError,
 )
-from controller.records import NodeRecord
 
 
 class FakeClock:

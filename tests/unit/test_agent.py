@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
-from controller import agent as agent_mod
+from adapters import agent as agent_mod
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_ENGINE = ROOT / "tests" / "support" / "fake_engine.py"
@@ -124,7 +124,7 @@ class AgentRunner:
         argv = [
             sys.executable,
             "-m",
-            "controller.agent",
+            "adapters.agent",
             "--node-id",
             "node-1",
             "--heartbeat-url",

@@ -15,8 +15,8 @@ from actors.deployment_core import (
     SetState,
 )
 from actors.inventory_core import Heartbeat, InventoryCore
+from actors.records import hash_secret
 from actors.states import DeploymentState, NodeState, deployment_can
-from controller.records import hash_secret
 from tests.unit.fakes import FakeClock
 
 D = DeploymentState

@@ -14,8 +14,8 @@ from actors.inventory_core import (
     InventoryCore,
     NodeEntry,
 )
+from actors.records import hash_secret
 from actors.states import NodeState
-from controller.records import hash_secret
 from tests.unit.fakes import FakeClock
 
 N = NodeState

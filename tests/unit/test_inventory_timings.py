@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from actors.inventory_core import DurationStat, Heartbeat, InventoryCore
-from controller.records import hash_secret
+from actors.records import hash_secret
 from serve_app.routes_data import timing_lines
 from tests.unit.fakes import FakeClock
 

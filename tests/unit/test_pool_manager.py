@@ -11,6 +11,7 @@ import pytest
 
 from actors.inventory_core import Heartbeat, HeartbeatStatus, InventoryCore
 from actors.pool_core import PoolManager, QuotaExceeded, node_token
+from actors.records import PoolRecord, secret_matches
 from actors.retry import RetryPolicy
 from actors.states import NodeState
 from adapters.base import (
@@ -19,7 +20,6 @@ from adapters.base import (
     TemporaryProviderError,
     WorkloadSpec,
 )
-from controller.records import PoolRecord, secret_matches
 from tests.unit.fakes import (
     FakeAdapter,
     FakeClock,

@@ -149,7 +149,7 @@ def test_task_yaml_round_trip_keeps_resources_and_hides_secrets() -> None:
         ["8000"],
     )
     assert _plain(again.secrets["INFERIA_NODE_TOKEN"]) == "nt_secret"
-    assert "python3 -m controller.agent" in str(again.run) and "VLLM_API_KEY" in str(again.run)
+    assert "python3 -m adapters.agent" in str(again.run) and "VLLM_API_KEY" in str(again.run)
     assert '--engine-log "$HOME/.inferia-agent/engine.log"' in str(again.run)  # expanded by the shell
     assert "--gpus" in engine.argv and "sk-key" not in " ".join(engine.argv)
     assert cluster_name("inferia-", "node-abc") == "inferia-node-abc"

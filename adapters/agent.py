@@ -1,6 +1,6 @@
 """The node agent: starts the engine, probes its health and heartbeats to the control plane.
 
-    INFERIA_NODE_TOKEN=... python -m controller.agent --node-id N --heartbeat-url URL/inventory/heartbeat \
+    INFERIA_NODE_TOKEN=... python -m adapters.agent --node-id N --heartbeat-url URL/inventory/heartbeat \
         --interval 5 --endpoint http://127.0.0.1:20001 --health-path /v1/models \
         --engine-cmd '["vllm", "serve", ...]' --engine-log engine.log
 
@@ -366,7 +366,7 @@ def command_line(
 ) -> list[str]:
     """The argv that starts this agent, for providers (local processes, a VM's run step). Secrets never
     go here: the token and engine env travel in the environment."""
-    argv = [python, "-m", "controller.agent", "--node-id", node_id, "--heartbeat-url", heartbeat_url]
+    argv = [python, "-m", "adapters.agent", "--node-id", node_id, "--heartbeat-url", heartbeat_url]
     if fallback_url:
         argv += ["--heartbeat-fallback-url", fallback_url]
     argv += ["--interval", str(interval_s)]

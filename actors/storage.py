@@ -15,8 +15,8 @@ from typing import Any
 
 import asyncpg
 
+from actors.records import DeploymentRecord, ModelRecord, NodeRecord, PoolRecord, ReplicaRecord
 from actors.states import DeploymentState, NodeState, PoolState
-from controller.records import DeploymentRecord, ModelRecord, NodeRecord, PoolRecord, ReplicaRecord
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class ConflictError(StorageError):
 
 def _migrations() -> list[tuple[int, str, str]]:
     out = []
-    for entry in resources.files("controller.migrations").iterdir():
+    for entry in resources.files("actors.migrations").iterdir():
         name = entry.name
         if name.endswith(".sql") and name[:3].isdigit():
             out.append((int(name[:3]), name, entry.read_text()))
