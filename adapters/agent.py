@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, Any
@@ -43,6 +43,58 @@ PRIVATE_ENV = (TOKEN_ENV, ENGINE_ENV_ENV, PROBE_KEY_ENV)
 # engine env vars that carry the inference key (used for the probe when no explicit probe key)
 KEY_VARS = ("INFERIA_INFERENCE_KEY", "VLLM_API_KEY", "API_KEY")
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+
+# The environment allow-list (the one place it is written down). An engine starts with only these of
+# the agent's variables, plus the model's own `env` and the deployment's key (INFERIA_ENGINE_ENV); the
+# agent itself is started (by the local provider) with these plus AGENT_ENV_EXTRA and its own private
+# variables. Nothing else of the control plane's environment reaches a node.
+ENGINE_ENV_ALLOWED = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR", "LANG", "LANGUAGE", "TZ", "LD_LIBRARY_PATH"}
+)
+ENGINE_ENV_PREFIXES = ("LC_", "CUDA_VISIBLE_DEVICES", "NVIDIA_", "HIP_", "ROCR_")
+# what the agent needs for itself and does not pass on: its Python, and reaching the control plane
+AGENT_ENV_EXTRA = frozenset(
+    {
+        "PYTHONPATH",
+        "PYTHONUNBUFFERED",
+        "VIRTUAL_ENV",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    }
+)
+# the control plane's own secrets: never in an agent's or an engine's environment (tests check these)
+CONTROL_PLANE_SECRETS = (
+    "INFERIA_API_TOKEN",
+    "INFERIA_MASTER_KEY",
+    "POSTGRES_DSN",
+    "POSTGRES_PASSWORD",
+    "REDIS_PASSWORD",
+    "REDIS_URL",
+    "NOSANA_INTERNAL_API_KEY",
+)
+
+
+def engine_allowed(name: str) -> bool:
+    return name in ENGINE_ENV_ALLOWED or name.startswith(ENGINE_ENV_PREFIXES)
+
+
+def engine_environ(environ: Mapping[str, str], engine_env: dict[str, str]) -> dict[str, str]:
+    """An engine's whole environment: the allow-listed variables of `environ`, then the engine's own."""
+    env = {k: v for k, v in environ.items() if engine_allowed(k)}
+    env.update(engine_env)
+    return env
+
+
+def agent_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of a provider's environment an agent may start with (its private variables are added)."""
+    return {k: v for k, v in environ.items() if engine_allowed(k) or k in AGENT_ENV_EXTRA}
+
 
 STARTING_BEAT_S = 0.5  # heartbeat cadence while the engine starts
 STARTING_PROBE_S = 0.25  # probe cadence while the engine starts
@@ -157,9 +209,7 @@ class Agent:
 
     # ------------------------------------------------------------------ children
     def _engine_environ(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
-        env.update(self.cfg.engine_env)
-        return env
+        return engine_environ(os.environ, self.cfg.engine_env)
 
     def _spawn(self, argv: Sequence[str], what: str) -> subprocess.Popen[bytes]:
         log.info("starting %s: %s", what, mask(" ".join(argv), self._secrets))
@@ -363,10 +413,13 @@ def command_line(
     health_path: str | None = None,
     engine_cmd: Sequence[str] | None = None,
     post_start_cmd: Sequence[str] | None = None,
+    script: str | None = None,
 ) -> list[str]:
     """The argv that starts this agent, for providers (local processes, a VM's run step). Secrets never
-    go here: the token and engine env travel in the environment."""
-    argv = [python, "-m", "adapters.agent", "--node-id", node_id, "--heartbeat-url", heartbeat_url]
+    go here: the token and engine env travel in the environment. `script`: run this file (a copy of this
+    module shipped alone to a VM) instead of the `adapters.agent` module."""
+    start = [python, script] if script else [python, "-m", "adapters.agent"]
+    argv = [*start, "--node-id", node_id, "--heartbeat-url", heartbeat_url]
     if fallback_url:
         argv += ["--heartbeat-fallback-url", fallback_url]
     argv += ["--interval", str(interval_s)]

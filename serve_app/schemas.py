@@ -8,8 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from adapters.engines import ENGINE_NAMES
+
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
-ENGINES = ("llamacpp", "vllm", "ollama", "custom")
+ENGINES = ENGINE_NAMES  # the engine catalog (adapters/engines.py)
+EngineName = Literal["llamacpp", "llamacpp-python", "vllm", "ollama", "custom"]
 
 
 def _name(v: str) -> str:
@@ -106,7 +109,7 @@ class PoolScale(Strict):
 
 class ModelCreate(Strict):
     name: str
-    engine: Literal["llamacpp", "vllm", "ollama", "custom"]
+    engine: EngineName
     image: str | None = None
     source: str | None = Field(default=None, description="HF id, GGUF path or ollama tag", validate_default=True)
     args: list[str] = Field(default_factory=list, validate_default=True)

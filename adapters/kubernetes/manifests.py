@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 from typing import Any
 
-from adapters.base import PermanentProviderError, WorkloadSpec
+from adapters import engines as catalog
+from adapters.base import WorkloadSpec
+from adapters.engines import EngineInfo
 from adapters.kubernetes.config import KubeConfig
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -27,22 +28,6 @@ GPU_COUNT_ANN = "inferia.gpu-count"
 KEY_FIELD = "inference-key"
 CONTAINER = "engine"
 
-
-@dataclass(frozen=True)
-class Engine:
-    image: str
-    port: int
-    health_path: str
-    key_env: str | None  # the variable the engine reads its API key from
-    cache_mount: str
-
-
-ENGINES: dict[str, Engine] = {
-    "vllm": Engine("vllm/vllm-openai:latest", 8000, "/health", "VLLM_API_KEY", "/root/.cache/huggingface"),
-    "ollama": Engine("ollama/ollama:latest", 11434, "/api/tags", None, "/root/.ollama"),
-    "llamacpp": Engine("ghcr.io/ggml-org/llama.cpp:server-cuda", 8080, "/health", "LLAMA_API_KEY", "/models"),
-    "custom": Engine("", 8000, "/health", None, "/models"),
-}
 
 _BAD = re.compile(r"[^a-z0-9-]+")
 
@@ -86,56 +71,30 @@ def node_selector_string(node_id: str) -> str:
     return f"{MANAGED_BY}={MANAGER},{NODE}={label_value(node_id)}"
 
 
-def engine_of(w: WorkloadSpec) -> Engine:
-    eng = ENGINES.get(w.engine)
-    if eng is None:
-        raise PermanentProviderError(f"engine {w.engine!r} is not supported on kubernetes ({', '.join(ENGINES)})")
-    if not (w.image or eng.image):
-        raise PermanentProviderError(f"model {w.model_name!r}: engine 'custom' needs an image on kubernetes")
-    return eng
+def engine_of(w: WorkloadSpec) -> EngineInfo:
+    info = catalog.engine(w.engine, "kubernetes")
+    catalog.image_of(w, "kubernetes")  # a custom engine needs the model's image
+    return info
 
 
 def port_of(w: WorkloadSpec) -> int:
-    return int(w.port or engine_of(w).port)
+    return catalog.container_port(w)
 
 
 def served_model(w: WorkloadSpec) -> str:
-    return (w.source or w.model_name) if w.engine == "ollama" else w.model_name
-
-
-def _fill(args: tuple[str, ...] | list[str], w: WorkloadSpec, port: int) -> list[str]:
-    subs = {"{port}": str(port), "{model}": w.model_name, "{source}": w.source or ""}
-    out = []
-    for a in args:
-        for k, v in subs.items():
-            a = a.replace(k, v)
-        out.append(a)
-    return out
+    return catalog.served_model(w)
 
 
 def container_command(w: WorkloadSpec, port: int) -> tuple[list[str] | None, list[str]]:
     """(command or None for the image's entrypoint, args)."""
-    extra = _fill(w.args, w, port)
-    if w.engine == "vllm":
-        args = ["--model", w.source or w.model_name, "--served-model-name", w.model_name]
-        args += ["--host", "0.0.0.0", "--port", str(port)]
-        if w.gpus > 1 and "--tensor-parallel-size" not in extra:
-            args += ["--tensor-parallel-size", str(w.gpus)]
-        return None, args + extra
-    if w.engine == "llamacpp":
-        src = w.source or ""
-        local = src.startswith("/") or src.endswith(".gguf")
-        args = ["-m" if local else "-hf", src, "--alias", w.model_name, "--host", "0.0.0.0", "--port", str(port)]
-        if w.gpus > 0:
-            args += ["-ngl", "999"]
-        return None, args + extra
     if w.engine == "ollama":
         script = (
             "ollama serve & pid=$!; until ollama list >/dev/null 2>&1; do sleep 1; done; "
             '[ -z "$INFERIA_MODEL" ] || ollama pull "$INFERIA_MODEL" || exit 1; wait $pid'
         )
         return ["/bin/sh", "-c", script], []
-    return None, extra  # custom: the image's entrypoint with the model's args
+    # llama.cpp's and vLLM's images take the server's arguments; custom: the image's entrypoint + the args
+    return None, catalog.server_args(w, "0.0.0.0", port)
 
 
 def build_secret(node_id: str, pool_id: str, w: WorkloadSpec | None, namespace: str) -> dict[str, Any]:
@@ -194,14 +153,13 @@ def build_deployment(
 ) -> dict[str, Any]:
     eng = engine_of(w)
     port = port_of(w)
-    health = w.health_path or eng.health_path
+    health = catalog.health_path(w)
     command, args = container_command(w, port)
     env: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in sorted(w.env.items())]
-    env.append(_key_env("INFERIA_INFERENCE_KEY", node_id))
-    if eng.key_env:
-        env.append(_key_env(eng.key_env, node_id))
+    env += [_key_env(name, node_id) for name in catalog.key_env_names(w)]
     if w.engine == "ollama":
-        env += [{"name": "OLLAMA_HOST", "value": f"0.0.0.0:{port}"}, {"name": "INFERIA_MODEL", "value": w.source or ""}]
+        env += [{"name": k, "value": v} for k, v in catalog.ollama_env("0.0.0.0", port).items()]
+        env.append({"name": "INFERIA_MODEL", "value": w.source or ""})
     resources: dict[str, Any] = {}
     if w.gpus > 0:
         resources["limits"] = {cfg.gpu_resource: str(w.gpus)}
@@ -210,7 +168,7 @@ def build_deployment(
         resources["requests"] = requests
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": w.image or eng.image,
+        "image": catalog.image_of(w, "kubernetes"),
         "args": args,
         "env": env,
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
@@ -224,7 +182,7 @@ def build_deployment(
     mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
     if cfg.model_cache_pvc:
         volumes.append({"name": "model-cache", "persistentVolumeClaim": {"claimName": cfg.model_cache_pvc}})
-        mounts.append({"name": "model-cache", "mountPath": cfg.model_cache_mount or eng.cache_mount})
+        mounts.append({"name": "model-cache", "mountPath": cfg.model_cache_mount or eng.cache_dir})
     container["volumeMounts"] = mounts
     selector = dict(cfg.node_selector)
     product = gpu_product or cfg.gpu_product

@@ -20,6 +20,8 @@ from typing import Any
 
 import psutil
 
+from adapters.agent import ENGINE_ENV_ENV, PROBE_KEY_ENV, agent_environ
+from adapters.agent import TOKEN_ENV as AGENT_TOKEN_ENV
 from adapters.agent import command_line as agent_command_line
 from adapters.base import (
     Capabilities,
@@ -256,18 +258,17 @@ class LocalAdapter(ProviderAdapter):
         return [*argv, "--engine-log", str(node_dir / ENGINE_LOG)]
 
     def _agent_env(self, req: ProvisionRequest, spec: EngineSpec | None) -> dict[str, str]:
-        env = dict(os.environ)
+        """The agent's environment: the allow-list of this process's (adapters/agent.py), never all of it."""
+        env = agent_environ(os.environ)
         paths = [str(PROJECT_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         env["PYTHONUNBUFFERED"] = "1"
-        env["INFERIA_NODE_TOKEN"] = req.node_token
-        env.pop("INFERIA_ENGINE_ENV", None)
-        env.pop("INFERIA_PROBE_KEY", None)
+        env[AGENT_TOKEN_ENV] = req.node_token
         if spec is not None:
-            env["INFERIA_ENGINE_ENV"] = json.dumps(spec.env)
+            env[ENGINE_ENV_ENV] = json.dumps(spec.env)
         workload = req.workload
         if workload is not None and workload.inference_key:
-            env["INFERIA_PROBE_KEY"] = workload.inference_key
+            env[PROBE_KEY_ENV] = workload.inference_key
         return env
 
     def _to_node(self, record: dict[str, Any]) -> ProvisionedNode:

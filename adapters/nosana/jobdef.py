@@ -13,23 +13,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.base import WorkloadSpec
+from adapters import engines as catalog
+from adapters.base import PermanentProviderError, WorkloadSpec
 
 JOB_VERSION = "0.1"
 OP_ID = "engine"
-
-DEFAULT_IMAGES: dict[str, str] = {
-    "vllm": "vllm/vllm-openai:v0.6.3",
-    "ollama": "ollama/ollama:0.3.14",
-    "llamacpp": "ghcr.io/ggml-org/llama.cpp:server-cuda",
-}
-DEFAULT_PORTS: dict[str, int] = {"vllm": 8000, "ollama": 11434, "llamacpp": 8080, "custom": 8000}
-DEFAULT_HEALTH: dict[str, str] = {
-    "vllm": "/health",
-    "ollama": "/api/version",
-    "llamacpp": "/health",
-    "custom": "/health",
-}
 
 
 @dataclass(frozen=True)
@@ -40,40 +28,21 @@ class BuiltJob:
     served_model: str
 
 
-def _subst(args: Iterable[str], port: int, model: str) -> list[str]:
-    return [a.replace("{port}", str(port)).replace("{model}", model) for a in args]
-
-
 def _engine_container(
     w: WorkloadSpec, port: int, images: Mapping[str, str]
 ) -> tuple[str, list[str] | None, list[str] | None, dict[str, str]]:
     """(image, entrypoint, cmd, env) for the workload's engine."""
-    env = dict(w.env)
-    image = w.image or images.get(w.engine) or DEFAULT_IMAGES.get(w.engine)
-    if w.engine == "vllm":
-        cmd = ["--model", w.source or w.model_name, "--served-model-name", w.model_name]
-        cmd += ["--host", "0.0.0.0", "--port", str(port), *_subst(w.args, port, w.model_name)]
-        if w.inference_key:
-            env["VLLM_API_KEY"] = w.inference_key
-        return str(image), None, cmd, env
+    try:
+        image = catalog.image_of(w, "nosana", images)
+    except PermanentProviderError as exc:
+        raise ValueError(str(exc)) from None
+    env = {**w.env, **catalog.key_env(w)}
     if w.engine == "ollama":
         tag = w.source or w.model_name
-        env["OLLAMA_HOST"] = f"0.0.0.0:{port}"
+        env.update(catalog.ollama_env("0.0.0.0", port))
         script = f"ollama serve & until ollama list >/dev/null 2>&1; do sleep 1; done; ollama pull {tag} && wait"
-        return str(image), ["/bin/sh", "-c"], [script], env
-    if w.engine == "llamacpp":
-        cmd = ["--host", "0.0.0.0", "--port", str(port), "-hf", w.source or w.model_name, "--alias", w.model_name]
-        cmd += _subst(w.args, port, w.model_name)
-        if w.inference_key:
-            env["LLAMA_API_KEY"] = w.inference_key
-        return str(image), None, cmd, env
-    if w.engine == "custom":
-        if not image:
-            raise ValueError("a custom engine on Nosana needs an image")
-        if w.inference_key:
-            env["INFERIA_INFERENCE_KEY"] = w.inference_key
-        return str(image), None, _subst(w.args, port, w.model_name) or None, env
-    raise ValueError(f"engine {w.engine!r} is not supported on Nosana (vllm, ollama, llamacpp, custom)")
+        return image, ["/bin/sh", "-c"], [script], env
+    return image, None, catalog.server_args(w, "0.0.0.0", port) or None, env
 
 
 def build_job_definition(
@@ -87,10 +56,14 @@ def build_job_definition(
 
     `forbidden`: secret values (the sidecar key, the platform token) that must not appear anywhere in it.
     """
-    port = workload.port or DEFAULT_PORTS.get(workload.engine, 8000)
-    health = workload.health_path or DEFAULT_HEALTH.get(workload.engine, "/health")
+    try:
+        catalog.engine(workload.engine, "nosana")
+    except PermanentProviderError as exc:
+        raise ValueError(str(exc)) from None
+    port = catalog.container_port(workload)
+    health = catalog.health_path(workload)
     image, entrypoint, cmd, env = _engine_container(workload, port, images or {})
-    gpu = workload.gpus > 0 or workload.engine in ("vllm", "llamacpp")
+    gpu = workload.gpus > 0 or workload.engine in ("vllm", "llamacpp")  # the images are GPU builds
     args: dict[str, Any] = {
         "image": image,
         "gpu": gpu,
@@ -125,4 +98,4 @@ def build_job_definition(
     for secret in forbidden:
         if secret and secret in text:
             raise ValueError("the job definition would carry a platform secret; refusing to build it")
-    return BuiltJob(definition=definition, port=port, health_path=health, served_model=workload.model_name)
+    return BuiltJob(definition=definition, port=port, health_path=health, served_model=catalog.served_model(workload))

@@ -28,7 +28,7 @@ from adapters.skypilot.placement import (
     make_dag,
     to_placement,
 )
-from adapters.skypilot.task import build_engine, build_task, cluster_name, pick_port
+from adapters.skypilot.task import build_engine, build_task, cluster_name, node_id_of, pick_port, pool_prefix
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,22 @@ class SkyPilotAdapter(ProviderAdapter):
         self._locks: dict[str, asyncio.Lock] = {}
         self._placements: dict[str, Placement] = {}
         self._provisioning: set[str] = set()
+        self._endpoints: dict[str, str] = {}  # cluster name -> engine endpoint (asked once per cluster)
 
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         return config_mod.validate(config)
 
     def _name(self, node_id: str) -> str:
-        return cluster_name(self.cfg.cluster_prefix, node_id)
+        return cluster_name(self.cfg.cluster_prefix, self.pool_id, node_id)
+
+    def _name_of(self, node: NodeRef) -> str:
+        """The cluster of a node: the name recorded at provisioning when it is one of ours (clusters
+        named before the pool tag was part of the name keep working), else the name from the id."""
+        recorded = node.provider_instance_id
+        if recorded and recorded.startswith(self.cfg.cluster_prefix):
+            return recorded
+        return self._name(node.node_id)
 
     # ------------------------------------------------------------------ catalog
     async def _clouds(self) -> list[str]:
@@ -219,6 +228,8 @@ class SkyPilotAdapter(ProviderAdapter):
         except Exception as exc:
             raise translate(exc, f"starting the node agent on {name}") from exc
         rec = await self._find(name)
+        if endpoint:
+            self._endpoints[name] = endpoint
         return self._to_node(req.node_id, name, placement, rec, endpoint, port, engine_info(req, engine))
 
     def _to_node(
@@ -273,14 +284,17 @@ class SkyPilotAdapter(ProviderAdapter):
             log.warning("could not tear down %s after a failed launch: %s", name, exc)
 
     async def deprovision_node(self, node: NodeRef) -> None:
-        await self._down(self._name(node.node_id))
+        name = self._name_of(node)
+        await self._down(name)
         self._placements.pop(node.node_id, None)
+        self._endpoints.pop(name, None)
+        self._locks.pop(node.node_id, None)
 
     # ------------------------------------------------------------------ status
     async def get_node_status(self, node: NodeRef) -> NodeStatus:
         if node.node_id in self._provisioning:
             return NodeStatus(ProviderNodeStatus.PENDING, "launching")
-        name = self._name(node.node_id)
+        name = self._name_of(node)
         try:
             found = await self.client.status([name], refresh=True)
         except Exception as exc:
@@ -291,28 +305,57 @@ class SkyPilotAdapter(ProviderAdapter):
         return status_of(rec)
 
     async def list_nodes(self, pool_id: str) -> list[ProvisionedNode]:
+        """Every cluster of this pool, whatever its state (INIT and STOPPED ones too: an orphan in any
+        state is cleaned), with the facts SkyPilot's record and the catalog give after a restart."""
         try:
             found = await self.client.status(None, refresh=False)
         except Exception as exc:
             raise translate(exc, "listing clusters") from exc
+        head = pool_prefix(self.cfg.cluster_prefix, pool_id)
+        offers: list[Offer] | None = None
         out = []
-        prefix = self.cfg.cluster_prefix
         for rec in found:
-            if not rec.name.startswith(prefix) or status_of(rec).status != ProviderNodeStatus.RUNNING:
+            if not rec.name.startswith(head):
+                continue  # another pool's cluster, or not ours at all
+            node_id = node_id_of(self.cfg.cluster_prefix, pool_id, rec.name)
+            if node_id is None:
+                log.warning("cluster %s carries pool %s's prefix but no node id this pool makes", rec.name, pool_id)
                 continue
-            node_id = rec.name[len(prefix) :]
-            if self._name(node_id) != rec.name:
-                continue  # not a name we would give (another prefix user, or a hashed id we cannot reverse)
             placement = self._placements.get(node_id)
-            port = None
-            if placement is not None:
-                port = int(placement.resources.ports[0]) if placement.resources.ports else None
-            out.append(self._to_node(node_id, rec.name, placement, rec, None, port, {}))
+            if placement is None:
+                if offers is None:
+                    offers = await self._offers_quietly()
+                port = pick_port(node_id, self.cfg.port_range, None)
+                placement = self._placement_of(rec, port, offers) if offers else None
+            port = int(placement.resources.ports[0]) if placement and placement.resources.ports else None
+            endpoint = await self._listed_endpoint(rec, port)
+            out.append(self._to_node(node_id, rec.name, placement, rec, endpoint, port, {"status": rec.status}))
         return out
+
+    async def _offers_quietly(self) -> list[Offer]:
+        try:
+            return await self.offers()
+        except Exception as exc:  # the list still counts; facts are filled in on a later list
+            log.warning("pool %s: no catalog for the listed clusters' facts: %s", self.pool_id, exc)
+            return []
+
+    async def _listed_endpoint(self, rec: ClusterRecord, port: int | None) -> str | None:
+        if rec.status != "UP" or port is None:
+            return None
+        known = self._endpoints.get(rec.name)
+        if known is None:
+            try:
+                known = await self.client.endpoint(rec.name, port)
+            except Exception as exc:
+                log.warning("no endpoint for %s yet: %s", rec.name, exc)
+                return None
+            if known:
+                self._endpoints[rec.name] = known
+        return known
 
     # ------------------------------------------------------------------ logs
     async def get_logs(self, node: NodeRef, tail: int = 100) -> list[str]:
-        name = self._name(node.node_id)
+        name = self._name_of(node)
         try:
             return await self.client.tail_logs(name, tail)
         except Exception as exc:

@@ -10,34 +10,47 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from adapters import agent as agent_module
+from adapters import engines as catalog
 from adapters.agent import command_line as agent_command_line
 from adapters.base import PermanentProviderError, ProvisionRequest, WorkloadSpec
 
 if TYPE_CHECKING:
     import sky
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-AGENT_DIR = "~/.inferia-agent"  # on the node: the `controller` package is mounted here
+AGENT_FILE = Path(agent_module.__file__).resolve()  # self-contained: stdlib + httpx (psutil optional)
+AGENT_DIR = "~/.inferia-agent"  # on the node: the agent file alone is mounted here
 AGENT_DIR_SH = "$HOME/.inferia-agent"  # the same, for a double-quoted shell word
+AGENT_SCRIPT = "inferia_agent.py"
 CONTAINER = "inferia-engine"
-DEFAULT_IMAGES = {
-    "vllm": "vllm/vllm-openai:latest",
-    "ollama": "ollama/ollama:latest",
-    "llamacpp": "ghcr.io/ggml-org/llama.cpp:server-cuda",
-}
-# the port each image listens on inside its container
-CONTAINER_PORTS = {"vllm": 8000, "ollama": 11434, "llamacpp": 8080}
 MAX_NAME = 35  # SkyPilot's shortest cluster-name limit among clouds (e.g. GCP) leaves room for suffixes
+POOL_TAG_LEN = 6
 
 
-def cluster_name(prefix: str, node_id: str) -> str:
-    """A stable, cloud-safe cluster name for a node: prefix + sanitized id (+ hash when shortened)."""
+def pool_prefix(prefix: str, pool_id: str) -> str:
+    """What every cluster of one pool's name starts with: the configured prefix + a tag of the pool id."""
+    return f"{prefix}{hashlib.sha256(pool_id.encode()).hexdigest()[:POOL_TAG_LEN]}-"
+
+
+def cluster_name(prefix: str, pool_id: str, node_id: str) -> str:
+    """A stable, cloud-safe cluster name for a node: the pool's prefix + sanitized id (+ hash when shortened).
+    Node ids as the control plane makes them (node-<12 hex>) always fit unhashed, so the name gives the id back."""
+    head = pool_prefix(prefix, pool_id)
     body = re.sub(r"[^a-z0-9-]+", "-", node_id.lower()).strip("-")
-    name = f"{prefix}{body}"
-    if len(name) > MAX_NAME or body != node_id.lower():
+    name = f"{head}{body}"
+    if len(name) > MAX_NAME or body != node_id:
         digest = hashlib.sha256(node_id.encode()).hexdigest()[:8]
-        name = f"{prefix}{body}"[: MAX_NAME - 9].rstrip("-") + "-" + digest
+        name = f"{head}{body}"[: MAX_NAME - 9].rstrip("-") + "-" + digest
     return name
+
+
+def node_id_of(prefix: str, pool_id: str, name: str) -> str | None:
+    """The node id a cluster name of this pool was made from; None for another pool's or a hashed name."""
+    head = pool_prefix(prefix, pool_id)
+    if not name.startswith(head):
+        return None
+    node_id = name[len(head) :]
+    return node_id if cluster_name(prefix, pool_id, node_id) == name else None
 
 
 def pick_port(node_id: str, port_range: tuple[int, int], workload: WorkloadSpec | None) -> int:
@@ -51,15 +64,13 @@ def pick_port(node_id: str, port_range: tuple[int, int], workload: WorkloadSpec 
 class Engine:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)  # secret-bearing: travels as a task secret
-    health_path: str = "/v1/models"
+    health_path: str = "/health"
     served_model: str = ""
     post_start: list[str] | None = None
 
 
 def _docker(workload: WorkloadSpec, port: int, inner_port: int, env_names: list[str], args: list[str]) -> list[str]:
-    image = workload.image or DEFAULT_IMAGES.get(workload.engine)
-    if not image:
-        raise PermanentProviderError(f"engine {workload.engine!r} needs an image on the skypilot provider")
+    image = catalog.image_of(workload, "skypilot")
     gpus = ["--gpus", "all"] if workload.gpus > 0 else []
     env_flags = [flag for name in env_names for flag in ("-e", name)]  # values come from the agent's env
     return [
@@ -79,51 +90,35 @@ def _docker(workload: WorkloadSpec, port: int, inner_port: int, env_names: list[
 
 
 def build_engine(workload: WorkloadSpec, port: int) -> Engine:
-    """The engine command the agent runs on the node: a container (GPU access) or, for custom without image,
-    the command itself."""
-    key = workload.inference_key
-    name = workload.model_name
-    if workload.engine == "vllm":
-        env = {**workload.env, **({"VLLM_API_KEY": key} if key else {})}
-        args = ["--model", workload.source or name, "--served-model-name", name, "--port", "8000", *workload.args]
-        return Engine(_docker(workload, port, 8000, sorted(env), args), env, workload.health_path or "/health", name)
+    """The engine command the agent runs on the node: the catalog's image in a container (GPU access), or,
+    for custom without an image, the command itself on the VM."""
+    catalog.engine(workload.engine, "skypilot")
+    health = catalog.health_path(workload)
+    served = catalog.served_model(workload)
+    env = {**workload.env, **catalog.key_env(workload)}
     if workload.engine == "ollama":
         if not workload.source:
             raise PermanentProviderError("ollama needs the model tag as source (e.g. 'llama3.2:1b')")
-        argv = _docker(workload, port, 11434, sorted(workload.env), [])
-        return Engine(
-            argv,
-            dict(workload.env),
-            workload.health_path or "/api/tags",
-            workload.source,
-            ["docker", "exec", CONTAINER, "ollama", "pull", workload.source],
-        )
-    if workload.engine == "llamacpp":
-        if not workload.source:
-            raise PermanentProviderError("llamacpp on skypilot needs a Hugging Face GGUF repo as source")
-        env = {**workload.env, **({"LLAMA_API_KEY": key} if key else {})}
-        args = ["-hf", workload.source, "--alias", name, "--host", "0.0.0.0", "--port", "8080", *workload.args]
-        return Engine(_docker(workload, port, 8080, sorted(env), args), env, workload.health_path or "/v1/models", name)
+        inner = catalog.container_port(workload)
+        env.update(catalog.ollama_env("0.0.0.0", inner))
+        argv = _docker(workload, port, inner, sorted(env), [])
+        return Engine(argv, env, health, served, ["docker", "exec", CONTAINER, "ollama", "pull", workload.source])
     if workload.engine == "custom":
         if not workload.args:
             raise PermanentProviderError("engine 'custom' needs the full command line in args")
-        values = {"{port}": str(port), "{host}": "0.0.0.0", "{model}": name, "{source}": workload.source or ""}
-        args = [_fill(a, values) for a in workload.args]
-        env = {**workload.env, **({"INFERIA_INFERENCE_KEY": key} if key else {})}
+        args = catalog.server_args(workload, "0.0.0.0", port)
         argv = _docker(workload, port, port, sorted(env), args) if workload.image else args
-        return Engine(argv, env, workload.health_path or "/v1/models", name)
-    raise PermanentProviderError(f"unknown engine {workload.engine!r}; use vllm, ollama, llamacpp or custom")
-
-
-def _fill(arg: str, values: dict[str, str]) -> str:
-    for placeholder, value in values.items():
-        arg = arg.replace(placeholder, value)
-    return arg
+        return Engine(argv, env, health, served)
+    if workload.engine == "llamacpp" and not workload.source:
+        raise PermanentProviderError("llamacpp on skypilot needs a Hugging Face GGUF repo as source")
+    inner = catalog.engine(workload.engine).port  # the image's own port; the VM's port maps onto it
+    args = catalog.server_args(workload, "0.0.0.0", inner)
+    return Engine(_docker(workload, port, inner, sorted(env), args), env, health, served)
 
 
 SETUP = f"""set -e
 mkdir -p {AGENT_DIR}
-python3 -c 'import httpx, psutil' 2>/dev/null || python3 -m pip install --user -q 'httpx>=0.27' 'psutil>=5.9'
+python3 -c 'import httpx' 2>/dev/null || python3 -m pip install --user -q 'httpx>=0.27' 'psutil>=5.9'
 """
 
 
@@ -141,13 +136,14 @@ def run_script(req: ProvisionRequest, endpoint: str | None, engine: Engine | Non
         health_path=engine.health_path if engine else None,
         engine_cmd=engine.argv if engine else None,
         post_start_cmd=engine.post_start if engine else None,
+        script=AGENT_SCRIPT,
     )
     # quoted arguments keep `~` literal: the log path is expanded by the shell instead
     cmd = " ".join(shlex.quote(a) for a in argv) + f' --engine-log "{AGENT_DIR_SH}/engine.log"'
     return f"""cd {AGENT_DIR}
 if [ -f agent.pid ] && kill -0 "$(cat agent.pid)" 2>/dev/null; then echo "agent already running"; exit 0; fi
 echo $$ > agent.pid
-export PYTHONUNBUFFERED=1 PYTHONPATH={AGENT_DIR}
+export PYTHONUNBUFFERED=1
 exec {cmd}
 """
 
@@ -169,7 +165,7 @@ def build_task(
         run=run_script(req, endpoint, engine) if run else None,
         envs={"INFERIA_NODE_ID": req.node_id, "INFERIA_POOL_ID": req.pool_id},
         secrets=secrets,
-        file_mounts={f"{AGENT_DIR}/controller": str(PROJECT_ROOT / "controller")},
+        file_mounts={f"{AGENT_DIR}/{AGENT_SCRIPT}": str(AGENT_FILE)},
     )
     task.set_resources(resources)
     return task

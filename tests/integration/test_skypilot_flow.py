@@ -58,7 +58,7 @@ def test_spot_pool_deploy_preempt_replace(control_plane: ControlPlane, api: Clie
         True,
     )
     assert node["price_per_hour"] == 0.89 and node["gpu_type"] == "A100"
-    assert node["provider_instance_id"] == cluster_name("inferia-", first)
+    assert node["provider_instance_id"] == cluster_name("inferia-", pool["id"], first)
     assert (root / node["provider_instance_id"] / "cluster.json").exists()
     # the engine answers through the proxy with the deployment's key (heartbeats came from the real agent)
     reply = api.chat(name, [{"role": "user", "content": "hi"}], key=dep["inference_key"])
@@ -79,7 +79,7 @@ def test_spot_pool_deploy_preempt_replace(control_plane: ControlPlane, api: Clie
     api.delete_deployment(dep["id"])
     cpl.wait_for(lambda: not any(d["id"] == dep["id"] for d in api.list_deployments()), 60, what="deleted")
     assert api.get_node(again["node_id"])["state"] == "terminated"
-    assert not list(root.glob(f"{cluster_name('inferia-', again['node_id'])}/cluster.json"))
+    assert not list(root.glob(f"{cluster_name('inferia-', pool['id'], again['node_id'])}/cluster.json"))
     assert _vm_processes(control_plane, root) == []  # the fake's VMs left nothing running
     print(f"\nFIGURES skypilot deploy_to_running_s={deploy_s:.2f} preempt_to_replacement_routed_s={replace_s:.2f}")
 

@@ -69,6 +69,17 @@ def _write(cdir: Path, state: dict[str, Any]) -> None:
     tmp.replace(cdir / "cluster.json")
 
 
+def _mount(src: str, dst: Path) -> None:
+    """A file mount: a directory or a single file (the node agent) copied onto the "VM"."""
+    if dst.exists():
+        return
+    if os.path.isdir(src):
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+
+
 def _plain(value: Any) -> str:
     while hasattr(value, "get_secret_value"):  # an in-process YAML round trip wraps SecretStr twice
         value = value.get_secret_value()
@@ -126,10 +137,8 @@ class FakeSkyClient:
         errors_path = self.root / "capacity_errors.json"
         if errors_path.exists() and location in json.loads(errors_path.read_text()):
             raise sx.ResourcesUnavailableError(f"Failed to acquire resources in {location}: out of capacity")
-        for src_dst in (task.file_mounts or {}).items():
-            dst = cdir / "home" / src_dst[0].replace("~/", "")
-            if not dst.exists():
-                shutil.copytree(src_dst[1], dst, ignore=shutil.ignore_patterns("__pycache__"))
+        for dst, src in (task.file_mounts or {}).items():
+            _mount(str(src), cdir / "home" / dst.replace("~/", ""))
         _write(
             cdir,
             {

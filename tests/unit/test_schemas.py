@@ -258,3 +258,13 @@ def test_heartbeat_to_core_feeds_the_inventory() -> None:
 def test_heartbeat_batch_error_location() -> None:
     errs = errors(HeartbeatBatch, {"heartbeats": [{"node_id": "n1"}, {"node_id": "n2", "state": "x"}]})
     assert tuple(errs[0]["loc"])[:3] == ("heartbeats", 1, "state")
+
+
+def test_engine_names_are_the_catalogs() -> None:
+    """The API accepts exactly the engines of the catalog (adapters/engines.py)."""
+    from typing import get_args
+
+    from adapters.engines import ENGINE_NAMES
+    from serve_app.schemas import EngineName
+
+    assert set(get_args(EngineName)) == set(ENGINE_NAMES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,11 +150,14 @@ def test_task_yaml_round_trip_keeps_resources_and_hides_secrets() -> None:
         ["8000"],
     )
     assert _plain(again.secrets["INFERIA_NODE_TOKEN"]) == "nt_secret"
-    assert "python3 -m adapters.agent" in str(again.run) and "VLLM_API_KEY" in str(again.run)
+    assert "python3 inferia_agent.py" in str(again.run) and "VLLM_API_KEY" in str(again.run)
+    assert list(again.file_mounts or {}) == ["~/.inferia-agent/inferia_agent.py"]  # the agent alone
     assert '--engine-log "$HOME/.inferia-agent/engine.log"' in str(again.run)  # expanded by the shell
     assert "--gpus" in engine.argv and "sk-key" not in " ".join(engine.argv)
-    assert cluster_name("inferia-", "node-abc") == "inferia-node-abc"
-    assert cluster_name("inferia-", "Node_X" * 10).startswith("inferia-node-x")
+    assert cluster_name("inferia-", "pool-1", "node-abc").startswith("inferia-")
+    assert cluster_name("inferia-", "pool-1", "node-abc").endswith("-node-abc")
+    assert cluster_name("inferia-", "pool-1", "node-abc") != cluster_name("inferia-", "pool-2", "node-abc")
+    assert len(cluster_name("inferia-", "pool-1", "Node_X" * 10)) <= 35
 
 
 def test_errors_translated() -> None:
@@ -173,24 +177,30 @@ def _custom(port_key: str = "") -> WorkloadSpec:
 async def test_provision_idempotent_status_preemption_down_logs(tmp_path: Path) -> None:
     adapter, client = _adapter(tmp_path, infra=["runpod"], use_spot=True)
     node = await adapter.provision_node(_req("node-a1", _custom()))
-    assert node.provider_instance_id == "inferia-node-a1"
+    assert node.provider_instance_id == cluster_name("inferia-", "pool-1", "node-a1")
     assert node.resources["cloud"] == "runpod" and node.resources["use_spot"] is True
     assert node.price_per_hour == 0.89 and node.gpu_type == "A100" and node.endpoint
     again = await adapter.provision_node(_req("node-a1", _custom()))  # retry reuses the cluster
     assert again.provider_instance_id == node.provider_instance_id
-    assert [c for c in client.calls if c[0] == "launch"] == [("launch", "inferia-node-a1")] * 2
+    assert [c for c in client.calls if c[0] == "launch"] == [("launch", node.provider_instance_id)] * 2
     ref = NodeRef("node-a1", "pool-1", node.provider_instance_id)
     assert (await adapter.get_node_status(ref)).status == ProviderNodeStatus.RUNNING
     assert [n.node_id for n in await adapter.list_nodes("pool-1")] == ["node-a1"]
-    await asyncio.sleep(0.5)
+    for _ in range(100):  # the agent starts its engine once its Python is up (slow on a loaded machine)
+        if len(_vm_pids(client.root)) >= 2:
+            break
+        await asyncio.sleep(0.1)
     assert any("agent" in line for line in await adapter.get_logs(ref, 50))
     assert len(_vm_pids(client.root)) >= 2  # agent and engine
-    preempt(client.root, "inferia-node-a1")
+    preempt(client.root, node.provider_instance_id)
     await asyncio.sleep(0.2)
     assert _vm_pids(client.root) == []  # the first agent too, not only the retried exec's job
     st = await adapter.get_node_status(ref)
     assert st.status == ProviderNodeStatus.TERMINATED and "preempted" in (st.reason or "")
-    assert await adapter.list_nodes("pool-1") == []
+    # still listed (a STOPPED cluster is still ours to clean), without an endpoint
+    assert [(n.node_id, n.resources["status"], n.endpoint) for n in await adapter.list_nodes("pool-1")] == [
+        ("node-a1", "STOPPED", None)
+    ]
     await adapter.deprovision_node(ref)
     await adapter.deprovision_node(ref)  # already gone is success
     assert (await adapter.get_node_status(ref)).status == ProviderNodeStatus.TERMINATED
@@ -201,7 +211,8 @@ async def test_capacity_error_fails_over_then_on_demand_fallback(tmp_path: Path)
     fail_capacity(client.root, "runpod/US")
     node = await adapter.provision_node(_req("node-b1"))
     assert (node.resources["region"], node.resources["use_spot"], node.price_per_hour) == ("CA", True, 0.95)
-    assert [c for c in client.calls if c[0] == "launch"] == [("launch", "inferia-node-b1")] * 2
+    name = cluster_name("inferia-", "pool-1", "node-b1")
+    assert [c for c in client.calls if c[0] == "launch"] == [("launch", name)] * 2
     fail_capacity(client.root, "runpod/CA")
     with pytest.raises(TemporaryProviderError, match="no capacity"):  # every candidate, spot and on-demand
         await adapter.provision_node(_req("node-b2"))
@@ -241,3 +252,42 @@ def test_client_points_the_sdk_at_the_pool_api_server(monkeypatch: pytest.Monkey
     finally:
         monkeypatch.delenv(SERVER_ENV, raising=False)
         server_common.get_server_url.cache_clear()
+
+
+async def test_pools_see_only_their_own_clusters_in_every_state(tmp_path: Path) -> None:
+    """Issue 10 item 1: two pools on one SkyPilot API server (one cluster prefix) never list each other's
+    clusters, and a pool lists its INIT and STOPPED clusters too (so such orphans get cleaned)."""
+    a, client = _adapter(tmp_path, infra=["runpod"])
+    b = SkyPilotAdapter("pool-2", {"accelerators": ["A100"], "infra": ["runpod"]}, str(tmp_path), client=client)
+    await a.provision_node(_req("node-a1"))
+    await a.provision_node(_req("node-a2"))
+    await b.provision_node(ProvisionRequest("node-b1", "pool-2", "http://127.0.0.1:9/hb", "nt_b", 1.0))
+    names_a = {n.provider_instance_id for n in await a.list_nodes("pool-1")}
+    assert {n.node_id for n in await a.list_nodes("pool-1")} == {"node-a1", "node-a2"}
+    assert {n.node_id for n in await b.list_nodes("pool-2")} == {"node-b1"}
+    assert not names_a & {n.provider_instance_id for n in await b.list_nodes("pool-2")}
+    name_a2 = next(n.provider_instance_id for n in await a.list_nodes("pool-1") if n.node_id == "node-a2")
+    preempt(client.root, name_a2)  # STOPPED
+    state = json.loads((client.root / name_a2 / "cluster.json").read_text())
+    assert state["status"] == "STOPPED"
+    assert {n.node_id for n in await a.list_nodes("pool-1")} == {"node-a1", "node-a2"}
+    state["status"] = "INIT"
+    (client.root / name_a2 / "cluster.json").write_text(json.dumps(state))
+    assert {n.node_id for n in await a.list_nodes("pool-1")} == {"node-a1", "node-a2"}
+    for node_id, adapter in (("node-a1", a), ("node-a2", a), ("node-b1", b)):
+        await adapter.deprovision_node(NodeRef(node_id, adapter.pool_id))
+    assert await a.list_nodes("pool-1") == [] and await b.list_nodes("pool-2") == []
+
+
+async def test_list_after_restart_gives_the_known_facts(tmp_path: Path) -> None:
+    """Issue 10 item 6: a restarted adapter (nothing in memory) lists GPU type and count, price and the
+    endpoint of a running cluster, from SkyPilot's record and the catalog, not None/0."""
+    adapter, _ = _adapter(tmp_path, infra=["runpod"], use_spot=True)
+    node = await adapter.provision_node(_req("node-r1", _custom()))
+    fresh = SkyPilotAdapter("pool-1", adapter.config, str(tmp_path), client=FakeSkyClient(data_dir=str(tmp_path)))
+    (listed,) = await fresh.list_nodes("pool-1")
+    assert (listed.gpu_type, listed.gpu_count, listed.price_per_hour) == ("A100", 1, 0.89)
+    assert listed.endpoint == node.endpoint and listed.endpoint
+    assert listed.provider_instance_id == node.provider_instance_id
+    assert listed.vcpu > 0 and listed.ram_mb > 0
+    await fresh.deprovision_node(NodeRef("node-r1", "pool-1"))
