@@ -8,7 +8,9 @@ idempotent too.
 
 from __future__ import annotations
 
+import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,9 @@ class RemoveReplica:
     deployment_id: str
     node_id: str
     reason: str
+    # drain first (out of the routing table, in-flight requests finish, bounded by INFERIA_DRAIN_TIMEOUT_S);
+    # False for a dead node (failed, or its agent reported the engine gone): terminated at once
+    drain: bool = True
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,13 @@ class DeploymentView:
     state: DeploymentState
     desired: int
     generation: int = 1
+    error: str | None = None  # what the deployment's row says now
+
+
+# distinct error texts kept per deployment (the most frequent are shown), and their length
+MAX_ERROR_KINDS = 20
+MAX_ERROR_LEN = 300
+FAILURE_REPORT = "replica failures with none ready:"
 
 
 @dataclass
@@ -58,6 +70,12 @@ class _Track:
     last_error: str | None = None
     next_create_at: float = 0.0
     counted: set[str] = field(default_factory=set)
+    errors: Counter[str] = field(default_factory=Counter)  # error text -> failures with it (since the last ready)
+
+    def summary(self, top: int = 3) -> str:
+        shown = [f"{msg!r} x{n}" for msg, n in self.errors.most_common(top)]
+        more = len(self.errors) - len(shown)
+        return "; ".join(shown) + (f"; and {more} other error(s)" if more > 0 else "")
 
 
 class DeploymentPlanner:
@@ -67,6 +85,7 @@ class DeploymentPlanner:
         replace_grace_s: float = 0.0,
         provision_timeout_s: float = 600.0,
         max_failures: int = 3,
+        failure_ratio: float = 0.5,
         backoff_base_s: float = 2.0,
         backoff_max_s: float = 60.0,
         clock: Clock = time.monotonic,
@@ -74,10 +93,16 @@ class DeploymentPlanner:
         self.replace_grace_s = replace_grace_s
         self.provision_timeout_s = provision_timeout_s
         self.max_failures = max_failures
+        self.failure_ratio = failure_ratio
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.clock = clock
         self._track: dict[str, _Track] = {}
+
+    def threshold(self, desired: int) -> int:
+        """Failures with no ready replica that fail a deployment: relative to its size (3 capacity errors early
+        in a 500-replica roll-out are not a failed deployment), at least max_failures."""
+        return max(self.max_failures, math.ceil(self.failure_ratio * desired))
 
     def forget(self, deployment_id: str) -> None:
         self._track.pop(deployment_id, None)
@@ -89,6 +114,9 @@ class DeploymentPlanner:
         t.counted.add(node_id)
         t.failures += 1
         t.last_error = reason
+        text = (reason or "unknown error")[:MAX_ERROR_LEN]
+        if text in t.errors or len(t.errors) < MAX_ERROR_KINDS:
+            t.errors[text] += 1
         delay = min(self.backoff_max_s, self.backoff_base_s * (2 ** (t.failures - 1)))
         t.next_create_at = self.clock() + delay
 
@@ -114,7 +142,8 @@ class DeploymentPlanner:
         if d.state in (D.STOPPING, D.STOPPED, D.FAILED):
             leftover = [n for n in nodes if NodeState(n["state"]) in ALIVE or NodeState(n["state"]) == NodeState.FAILED]
             for n in leftover:
-                out.append(RemoveReplica(d.id, n["id"], f"deployment {d.state}"))
+                dead = NodeState(n["state"]) == NodeState.FAILED
+                out.append(RemoveReplica(d.id, n["id"], f"deployment {d.state}", drain=not dead))
             if (
                 d.state == D.STOPPING
                 and not leftover
@@ -127,7 +156,7 @@ class DeploymentPlanner:
         for n in nodes:
             if NodeState(n["state"]) == NodeState.FAILED:
                 self.record_failure(d.id, n["id"], n.get("reason"))
-                out.append(RemoveReplica(d.id, n["id"], n.get("reason") or "node failed"))
+                out.append(RemoveReplica(d.id, n["id"], n.get("reason") or "node failed", drain=False))
 
         keep: list[dict[str, Any]] = []
         for n in live:
@@ -137,12 +166,14 @@ class DeploymentPlanner:
             # replacement storm from a flapping network); one that reported its own failure goes at once
             grace = 0.0 if n.get("failed_by_node") else self.replace_grace_s
             if state == NodeState.UNHEALTHY and in_state >= grace:
-                out.append(RemoveReplica(d.id, n["id"], f"unhealthy: {n.get('reason') or 'missed heartbeats'}"))
+                reason = f"unhealthy: {n.get('reason') or 'missed heartbeats'}"
+                # one that only went silent may still finish requests: drained; a reported failure is dead
+                out.append(RemoveReplica(d.id, n["id"], reason, drain=not n.get("failed_by_node")))
                 continue
             if state == NodeState.PROVISIONING and in_state >= self.provision_timeout_s:
                 reason = f"did not become ready within {self.provision_timeout_s:.0f}s"
                 self.record_failure(d.id, n["id"], reason)
-                out.append(RemoveReplica(d.id, n["id"], reason))
+                out.append(RemoveReplica(d.id, n["id"], reason, drain=False))
                 continue
             keep.append(n)
 
@@ -150,15 +181,21 @@ class DeploymentPlanner:
         if ready:
             track.failures = 0
             track.counted.clear()
+            track.errors.clear()
             track.next_create_at = 0.0
 
-        if track.failures >= self.max_failures and not ready:
-            msg = f"{track.failures} replicas failed; last error: {track.last_error or 'unknown'}"
+        limit = self.threshold(d.desired)
+        if track.failures >= limit and not ready:
+            msg = (
+                f"{track.failures} replicas failed with none ready (limit {limit} for {d.desired} replicas): "
+                f"{track.summary()}"
+            )
             for n in keep:
                 out.append(RemoveReplica(d.id, n["id"], "deployment failed"))
             if deployment_can(d.state, D.FAILED):
                 out.append(SetState(d.id, D.FAILED, msg))
             return out
+        out.extend(self._report_failures(d, track, limit))
 
         # scale
         missing = d.desired - len(keep)
@@ -181,6 +218,16 @@ class DeploymentPlanner:
         if target is not None and target != d.state and deployment_can(d.state, target):
             out.append(SetState(d.id, target, None))
         return out
+
+    def _report_failures(self, d: DeploymentView, track: _Track, limit: int) -> list[Action]:
+        """Say in the deployment's error what keeps failing; cleared once a replica is ready. Another error
+        (the pool's quota, set by the executor) is left alone."""
+        ours = d.error is None or d.error.startswith(FAILURE_REPORT)
+        if track.failures == 0:
+            return [SetState(d.id, d.state, None)] if d.error is not None and ours else []
+        msg = f"{FAILURE_REPORT} {track.failures} (the deployment fails at {limit}), retrying with backoff: "
+        msg += track.summary()
+        return [SetState(d.id, d.state, msg)] if ours and d.error != msg else []
 
     def _state_for(self, d: DeploymentView, ready: int) -> DeploymentState | None:
         if d.state == D.PENDING:

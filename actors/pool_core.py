@@ -1,33 +1,33 @@
 """A compute pool's logic without Ray: one lightweight node actor (asyncio task + mailbox) per node.
 
 The PoolManager owns provisioning and deprovisioning through the pool's adapter, adoption of what
-the provider still runs after a restart, orphan cleanup, quota checks and idle-node scaling. Node
-health (heartbeats) belongs to the inventory; the pool reports its lifecycle transitions there.
+the provider still runs after a restart (actors/pool_reconcile.py), orphan cleanup, quota checks,
+draining and idle-node scaling. Node health (heartbeats) belongs to the inventory; the pool reports its
+lifecycle transitions there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from enum import StrEnum
 from typing import Any, Protocol
 
+from actors.node_actor import Cmd, EndedSet, NodeActor
+from actors.pool_reconcile import ProviderReconcile, provider_fields
 from actors.records import NodeRecord, PoolRecord, hash_secret, new_id
 from actors.retry import RetryPolicy, Sleep, with_retry
-from actors.states import NODE_ALIVE, NodeState
+from actors.states import NODE_ALIVE, NodeState, PoolState
 from adapters.base import (
     NodeHealth,
     NodeRef,
     PermanentProviderError,
     ProviderAdapter,
     ProviderError,
-    ProviderNodeStatus,
     ProvisionedNode,
     ProvisionRequest,
     WorkloadSpec,
@@ -35,9 +35,21 @@ from adapters.base import (
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Cmd", "NodeActor", "PoolManager", "PoolNotActive", "QuotaExceeded", "node_token"]
+
+# a draining node is idle once the API replicas' load reports (every ~0.5 s) show no request in flight for it;
+# those reports are trusted only this long after the drain began (the routing table and a report must have
+# gone round once), and the load is asked of the inventory at most once per poll for every draining node
+DRAIN_MIN_S = 1.0
+DRAIN_POLL_S = 0.5
+
 
 class QuotaExceeded(Exception):
     pass
+
+
+class PoolNotActive(QuotaExceeded):
+    """The pool is deleting or deleted: no new node (the API answers 409)."""
 
 
 class InventoryPort(Protocol):
@@ -45,6 +57,7 @@ class InventoryPort(Protocol):
     async def register_many(self, infos: list[dict[str, Any]]) -> None: ...
     async def transition(self, node_id: str, state: NodeState, reason: str | None) -> bool: ...
     async def heartbeats(self, beats: list[dict[str, Any]]) -> list[Any]: ...
+    async def node_load(self, node_ids: list[str]) -> dict[str, int]: ...
 
 
 class StorePort(Protocol):
@@ -56,77 +69,13 @@ class StorePort(Protocol):
     ) -> None: ...
 
 
+# a deployment id -> the workload its nodes run (None: the deployment is gone); rebuilds a re-provision
+WorkloadLoader = Callable[[str], Awaitable[WorkloadSpec | None]]
+
+
 def node_token(key: str, node_id: str) -> str:
     """Each node's heartbeat token, derived from the control plane's key so any actor can recompute it."""
     return "nt_" + hmac.new(key.encode(), node_id.encode(), hashlib.sha256).hexdigest()
-
-
-class Cmd(StrEnum):
-    PROVISION = "provision"
-    TERMINATE = "terminate"
-    DRAIN = "drain"
-
-
-class NodeActor:
-    """One node's mailbox and lifecycle task; commands are processed one at a time, in order."""
-
-    def __init__(self, manager: PoolManager, record: NodeRecord, workload: WorkloadSpec | None) -> None:
-        self.manager = manager
-        self.record = record
-        self.workload = workload
-        self.mailbox: asyncio.Queue[tuple[Cmd, str | None]] = asyncio.Queue()
-        self.busy = False
-        self.terminating = False
-        self.done = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"node:{self.id}")
-
-    def send(self, cmd: Cmd, reason: str | None = None) -> None:
-        if cmd in (Cmd.TERMINATE, Cmd.DRAIN):
-            if self.terminating:
-                return
-            self.terminating = True
-        self.mailbox.put_nowait((cmd, reason))
-
-    async def stop(self) -> None:
-        task = self._task
-        if task is None or task.done():
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            if not task.cancelled():  # the caller itself is being cancelled: let it through
-                raise
-
-    async def _run(self) -> None:
-        while True:
-            cmd, reason = await self.mailbox.get()
-            self.busy = True
-            try:
-                if cmd == Cmd.PROVISION and not self.terminating:
-                    await self.manager._provision(self)
-                elif cmd == Cmd.DRAIN:
-                    await self.manager._drain(self, reason)
-                elif cmd == Cmd.TERMINATE:
-                    await self.manager._terminate(self, reason)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the lifecycle task must not die
-                log.exception("node %s: %s failed", self.id, cmd)
-            finally:
-                self.busy = False
-            if self.record.state == NodeState.TERMINATED:
-                self.done.set()
-                self.manager._forget(self.id)
-                return
 
 
 class PoolManager:
@@ -142,8 +91,9 @@ class PoolManager:
         heartbeat_interval_s: float,
         heartbeat_fallback_url: str | None = None,
         retry: RetryPolicy | None = None,
-        drain_period_s: float = 5.0,
+        drain_timeout_s: float = 30.0,
         call_timeout_s: float = 300.0,
+        workloads: WorkloadLoader | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -156,33 +106,54 @@ class PoolManager:
         self.heartbeat_fallback_url = heartbeat_fallback_url
         self.heartbeat_interval_s = heartbeat_interval_s
         self.retry = retry or RetryPolicy()
-        self.drain_period_s = drain_period_s
+        self.drain_timeout_s = drain_timeout_s
         self.call_timeout_s = call_timeout_s
+        self.workloads = workloads
         self.clock = clock
         self.sleep = sleep
         self.nodes: dict[str, NodeActor] = {}
-        self._ended: set[str] = set()  # nodes this actor saw end: a retried create_node must not revive one
+        self._ended = EndedSet(clock=clock)  # nodes this actor saw end: a retried create_node must not revive one
         self._lock = asyncio.Lock()
         self._health: dict[str, NodeHealth] = {}  # last provider-reported health (reports_health adapters)
         self._health_tasks: list[asyncio.Task[None]] = []
+        self._load: dict[str, int] = {}  # in-flight requests of the draining nodes (from the inventory)
+        self._load_at = -1e18
+        self._load_lock = asyncio.Lock()
+        self.reconciler = ProviderReconcile(self)
 
     # ------------------------------------------------------------ boot
     async def start(self) -> None:
-        """Rebuild from Postgres, then from provider truth (adopt, mark vanished, clean orphans)."""
+        """Rebuild from Postgres, then from provider truth (adopt, mark vanished, clean orphans). A node whose
+        provision never returned (no instance id, no endpoint) gets PROVISION again: provision is idempotent by
+        node id, so a create that a crash cut halfway completes the same instance."""
         for rec in await self.store.list_nodes(self.pool.id, NODE_ALIVE):
-            if rec.id not in self.nodes:
-                actor = NodeActor(self, rec, None)
-                self.nodes[rec.id] = actor
-                actor.start()
-                await self.inventory.register(self._info(rec))
-                if rec.state == NodeState.DRAINING:
-                    actor.send(Cmd.TERMINATE, rec.state_reason or "drained")
+            if rec.id in self.nodes:
+                continue
+            actor = NodeActor(self, rec, None)
+            self.nodes[rec.id] = actor
+            actor.start()
+            await self.inventory.register(self._info(rec))
+            if rec.state == NodeState.DRAINING:
+                actor.send(Cmd.TERMINATE, rec.state_reason or "drained")
+            elif rec.state == NodeState.PROVISIONING and rec.endpoint is None and rec.provider_instance_id is None:
+                await self._provision_again(actor)
         await self.reconcile_provider(boot=True)
         if self.adapter.capabilities.reports_health and not self._health_tasks:
             self._health_tasks = [
                 asyncio.create_task(self._run_health_watch(), name=f"health-watch:{self.pool.id}"),
                 asyncio.create_task(self._repeat_health(), name=f"health-repeat:{self.pool.id}"),
             ]
+
+    async def _provision_again(self, actor: NodeActor) -> None:
+        dep = actor.record.deployment_id
+        if dep is not None:
+            workload = await self.workloads(dep) if self.workloads is not None else None
+            if workload is None:  # its deployment is gone (or no way to know what it ran): end it
+                actor.send(Cmd.TERMINATE, "deployment gone")
+                return
+            actor.workload = workload
+        log.info("pool %s: provisioning %s again after a restart", self.pool.id, actor.id)
+        actor.send(Cmd.PROVISION)
 
     async def shutdown(self) -> None:
         for task in self._health_tasks:
@@ -264,21 +235,21 @@ class PoolManager:
         self._ended.add(node_id)
 
     def alive_count(self) -> int:
-        return sum(1 for a in self.nodes.values() if not a.terminating)
+        return sum(1 for a in self.nodes.values() if not a.end_wanted)
 
     # ------------------------------------------------------------ commands (idempotent)
     async def create_node(self, node_id: str | None = None, workload: WorkloadSpec | None = None) -> dict[str, Any]:
         """Create (or find) a node and start provisioning it in the background; returns at once."""
         created, error = await self.create_nodes([node_id or new_id("node")], workload)
         if error is not None:
-            raise QuotaExceeded(error)
+            raise (QuotaExceeded if self.pool.state == PoolState.ACTIVE else PoolNotActive)(error)
         return created[0]
 
     async def create_nodes(
         self, node_ids: list[str], workload: WorkloadSpec | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """create_node for many ids (idempotent per id) with one inventory call for the batch: the nodes,
-        in order, and the quota error that stopped the batch, if any."""
+        in order, and the error that stopped the batch (quota; a deleting pool refuses new nodes), if any."""
         out: list[dict[str, Any]] = []
         started: list[NodeActor] = []
         error: str | None = None
@@ -288,6 +259,9 @@ class PoolManager:
                 if existing is not None:
                     out.append(existing.record.public())
                     continue
+                if self.pool.state != PoolState.ACTIVE:
+                    error = f"pool {self.pool.name!r} is {self.pool.state}: no new nodes"
+                    break
                 if self.alive_count() >= self.pool.max_nodes:
                     error = f"pool {self.pool.name!r} is at its max_nodes quota ({self.pool.max_nodes})"
                     break
@@ -316,6 +290,7 @@ class PoolManager:
         return out, error
 
     async def terminate_node(self, node_id: str, reason: str | None = None) -> bool:
+        """Deprovision at once (a dead node, an explicit delete, `down`); hurries a drain in progress."""
         actor = self.nodes.get(node_id)
         if actor is None:
             return False
@@ -323,6 +298,7 @@ class PoolManager:
         return True
 
     async def drain_node(self, node_id: str, reason: str | None = None) -> bool:
+        """Out of the routing table at once; deprovisioned when idle or after the drain timeout."""
         actor = self.nodes.get(node_id)
         if actor is None:
             return False
@@ -379,22 +355,10 @@ class PoolManager:
         await self._record_provisioned(actor, node)
 
     async def _record_provisioned(self, actor: NodeActor, node: ProvisionedNode) -> None:
-        resources = dict(actor.record.resources or {})
-        resources.update(node.resources)
+        fields = provider_fields(actor.record, node)
         if actor.workload is not None:
-            resources["model_name"] = actor.workload.model_name
-        served = resources.get("served_model")
-        fields = {
-            "provider_instance_id": node.provider_instance_id,
-            "endpoint": node.endpoint,
-            "ip_address": node.ip_address,
-            "gpu_type": node.gpu_type,
-            "gpu_count": node.gpu_count,
-            "vcpu": node.vcpu,
-            "ram_mb": node.ram_mb,
-            "price_per_hour": node.price_per_hour,
-            "resources": resources,
-        }
+            fields["resources"]["model_name"] = actor.workload.model_name
+        served = fields["resources"].get("served_model")
         rec = await self.store.update_node_provisioned(actor.id, fields)
         if rec is not None:
             rec.state = actor.record.state
@@ -404,9 +368,39 @@ class PoolManager:
         await self.inventory.register(info)
 
     async def _drain(self, actor: NodeActor, reason: str | None) -> None:
-        await self._set_state(actor, NodeState.DRAINING, reason)
-        await self.sleep(self.drain_period_s)
+        """Out of the routing table (draining), wait until no request is in flight for the node (or the drain
+        timeout), then terminate. A node that never served (no endpoint yet, failed) does not wait."""
+        served = actor.record.state != NodeState.FAILED and actor.record.endpoint is not None
+        if actor.record.state != NodeState.DRAINING:
+            await self._set_state(actor, NodeState.DRAINING, reason)
+        if served:
+            await self._wait_idle(actor)
         await self._terminate(actor, reason)
+
+    async def _wait_idle(self, actor: NodeActor) -> None:
+        start = self.clock()
+        while not actor.hurry.is_set():
+            waited = self.clock() - start
+            if waited >= self.drain_timeout_s:
+                log.info("node %s: drain timeout (%.0fs) with requests in flight", actor.id, self.drain_timeout_s)
+                return
+            if waited >= min(DRAIN_MIN_S, self.drain_timeout_s) and await self._ongoing(actor.id) == 0:
+                return
+            await self.sleep(min(DRAIN_POLL_S, self.drain_timeout_s - waited))
+
+    async def _ongoing(self, node_id: str) -> int | None:
+        """Requests in flight for a draining node, summed over the API replicas; None when unknown (not idle)."""
+        async with self._load_lock:
+            if self.clock() - self._load_at >= DRAIN_POLL_S or node_id not in self._load:
+                ids = [a.id for a in self.nodes.values() if a.record.state == NodeState.DRAINING]
+                try:
+                    load = await self.inventory.node_load(ids)
+                except Exception as exc:  # unknown is not idle: keep waiting (bounded by the drain timeout)
+                    log.warning("pool %s: load of draining nodes unavailable: %s", self.pool.id, exc)
+                    return None
+                self._load = {i: int(load.get(i, 0)) for i in ids}
+                self._load_at = self.clock()
+            return self._load.get(node_id)
 
     async def _terminate(self, actor: NodeActor, reason: str | None) -> None:
         if actor.record.state != NodeState.DRAINING:
@@ -421,9 +415,9 @@ class PoolManager:
                 timeout_s=self.call_timeout_s,
             )
         except ProviderError as exc:
-            # stays draining; the provider reconcile retries later. Never forget a paid instance.
+            # stays draining; the provider reconcile retries later (the node actor accepts the next
+            # terminate whatever went wrong). Never forget a paid instance.
             log.error("deprovision of %s failed: %s", actor.id, exc)
-            actor.terminating = False
             return
         await self._set_state(actor, NodeState.TERMINATED, reason)
         actor.record.state = NodeState.TERMINATED
@@ -431,84 +425,14 @@ class PoolManager:
     # ------------------------------------------------------------ provider truth
     async def reconcile_provider(self, boot: bool = False) -> dict[str, list[str]]:
         """Adopt what the provider runs, mark what vanished (confirmed only), clean up orphans."""
-        report: dict[str, list[str]] = {"adopted": [], "vanished": [], "orphans": [], "retried": []}
-        try:
-            found = await self.adapter.list_nodes(self.pool.id)
-        except ProviderError as exc:
-            log.warning("pool %s: list_nodes failed: %s", self.pool.id, exc)
-            return report
-        by_id = {n.node_id: n for n in found}
-        # alive in the database but tracked by no node actor: a lost write (the inventory acknowledged a
-        # node's end, then died before flushing it). Gone at the provider: record it terminated again.
-        async with self._lock:
-            untracked = [r for r in await self.store.list_nodes(self.pool.id, NODE_ALIVE) if r.id not in self.nodes]
-        for rec in untracked:
-            if rec.id not in by_id:
-                await self.inventory.register(self._info(rec))
-                if await self.inventory.transition(rec.id, NodeState.TERMINATED, "vanished at the provider"):
-                    report["vanished"].append(rec.id)
-        for node_id, actor in list(self.nodes.items()):
-            pn = by_id.pop(node_id, None)
-            if pn is not None:
-                if actor.record.state == NodeState.DRAINING and not actor.terminating:
-                    actor.send(Cmd.TERMINATE, actor.record.state_reason)
-                    report["retried"].append(node_id)
-                elif not actor.busy and (boot or actor.record.endpoint != pn.endpoint):
-                    # (a provision in flight records the node itself when it returns)
-                    await self._record_provisioned(actor, pn)
-                    report["adopted"].append(node_id)
-                continue
-            if actor.busy or not actor.mailbox.empty():
-                continue  # a provision or deprovision is in flight: the provider may not list it yet
-            if actor.record.state == NodeState.PROVISIONING and not boot and actor.record.endpoint is None:
-                continue
-            if actor.record.state == NodeState.FAILED and actor.record.deployment_id:
-                continue  # its deployment counts the failure, then removes it (actors/deployment_core.py)
-            status = await self._status(actor)
-            if status in (ProviderNodeStatus.TERMINATED, ProviderNodeStatus.FAILED):
-                # confirmed gone: clean what is left of it (files, an orphaned engine), then record it
-                with contextlib.suppress(ProviderError):
-                    await self.adapter.deprovision_node(
-                        NodeRef(node_id, self.pool.id, actor.record.provider_instance_id)
-                    )
-                await self._set_state(actor, NodeState.TERMINATED, "vanished at the provider")
-                actor.record.state = NodeState.TERMINATED
-                await actor.stop()
-                self._forget(node_id)
-                report["vanished"].append(node_id)
-        # leftovers of nodes that died and are no longer tracked (e.g. failed before a restart)
-        list_dead = getattr(self.adapter, "list_dead", None)
-        if callable(list_dead):
-            with contextlib.suppress(ProviderError):
-                for node_id in await list_dead(self.pool.id):
-                    if node_id not in self.nodes:
-                        await self.adapter.deprovision_node(NodeRef(node_id, self.pool.id))
-                        report["vanished"].append(node_id)
-        cleanup = bool(self.pool.provider_config.get("cleanup_orphans", True))
-        for node_id, pn in by_id.items():
-            report["orphans"].append(node_id)
-            await self.store.add_event("node.orphan", "node", node_id, {"pool_id": self.pool.id, "cleaned": cleanup})
-            if cleanup:
-                ref = NodeRef(node_id, self.pool.id, pn.provider_instance_id)
-                try:
-                    await self.adapter.deprovision_node(ref)
-                except ProviderError as exc:
-                    log.warning("orphan %s cleanup failed: %s", node_id, exc)
-        if any(report.values()):
-            log.info("pool %s provider reconcile: %s", self.pool.id, {k: v for k, v in report.items() if v})
-        return report
-
-    async def _status(self, actor: NodeActor) -> ProviderNodeStatus:
-        try:
-            st = await self.adapter.get_node_status(NodeRef(actor.id, self.pool.id, actor.record.provider_instance_id))
-            return st.status
-        except ProviderError:
-            return ProviderNodeStatus.UNKNOWN
+        return await self.reconciler.run(boot)
 
     # ------------------------------------------------------------ idle capacity
     async def scale_idle(self) -> list[str]:
-        """Keep at least target_nodes nodes in the pool; surplus idle nodes are terminated."""
-        alive = [a for a in self.nodes.values() if not a.terminating]
+        """Keep at least target_nodes nodes in the pool; surplus idle nodes are drained."""
+        if self.pool.state != PoolState.ACTIVE:
+            return []
+        alive = [a for a in self.nodes.values() if not a.end_wanted]
         idle = [a for a in alive if a.record.deployment_id is None]
         created: list[str] = []
         target = max(self.pool.target_nodes, self.pool.min_nodes)
@@ -521,7 +445,7 @@ class PoolManager:
                 created.append(rec["id"])
         elif len(alive) > target and idle:
             for a in idle[: len(alive) - target]:
-                a.send(Cmd.TERMINATE, "scaled down")
+                a.send(Cmd.DRAIN, "scaled down")
         return created
 
     def summary(self) -> dict[str, Any]:

@@ -244,6 +244,7 @@ class FakeInventory:
         self.registered: list[dict[str, Any]] = []
         self.register_batches = 0
         self.transitions: list[tuple[str, NodeState, str | None, bool]] = []
+        self.load_calls = 0
 
     async def register(self, info: dict[str, Any]) -> None:
         self.registered.append(dict(info))
@@ -269,6 +270,10 @@ class FakeInventory:
         results = self.core.heartbeat_batch(Heartbeat(**b) for b in beats)
         self.flush()
         return [(int(r.status), r.node_id, r.message) for r in results]
+
+    async def node_load(self, node_ids: list[str]) -> dict[str, int]:
+        self.load_calls += 1
+        return self.core.node_load(node_ids)
 
     def flush(self) -> None:
         states, _beats = self.core.take_writes()

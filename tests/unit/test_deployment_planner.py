@@ -181,7 +181,10 @@ def test_provisioning_past_timeout_is_removed_and_counted(planner: DeploymentPla
 def test_failed_node_is_counted_once_and_removed(planner: DeploymentPlanner) -> None:
     nodes = [node("a", N.FAILED, reason="image pull failed")]
     first = planner.plan([dep(D.DEPLOYING, 1)], nodes)
-    assert first == [RemoveReplica(DEP, "a", "image pull failed")]
+    assert first[0] == RemoveReplica(DEP, "a", "image pull failed", drain=False)  # dead: no drain
+    assert [s.error for s in states(first)] == [
+        "replica failures with none ready: 1 (the deployment fails at 3), retrying with backoff: 'image pull failed' x1"
+    ]
     second = planner.plan([dep(D.DEPLOYING, 1)], nodes)
     assert second == first  # the same failed node is not counted again
     assert planner._track[DEP].failures == 1
@@ -198,7 +201,7 @@ def test_backoff_delays_the_next_create(planner: DeploymentPlanner, clock: FakeC
     clock.advance(1.9)
     assert creates(planner.plan([d], [])) == 0
     clock.advance(0.1)  # 2 s = backoff_base_s after the first failure
-    assert planner.plan([d], []) == [CreateReplicas(DEP, 1)]
+    assert [a for a in planner.plan([d], []) if not isinstance(a, SetState)] == [CreateReplicas(DEP, 1)]
     # second failure: 4 s
     assert creates(planner.plan([d], [node("f2", N.FAILED, reason="e2")])) == 0
     clock.advance(3.9)
@@ -224,9 +227,13 @@ def test_max_failures_without_ready_fails_with_last_error(planner: DeploymentPla
     nodes = [node("f3", N.FAILED, reason="CUDA out of memory"), node("p", N.PROVISIONING)]
     actions = planner.plan([d], nodes)
     assert actions == [
-        RemoveReplica(DEP, "f3", "CUDA out of memory"),
+        RemoveReplica(DEP, "f3", "CUDA out of memory", drain=False),
         RemoveReplica(DEP, "p", "deployment failed"),
-        SetState(DEP, D.FAILED, "3 replicas failed; last error: CUDA out of memory"),
+        SetState(
+            DEP,
+            D.FAILED,
+            "3 replicas failed with none ready (limit 3 for 2 replicas): 'e1' x1; 'e2' x1; 'CUDA out of memory' x1",
+        ),
     ]
     assert creates(actions) == 0
 
@@ -383,8 +390,8 @@ def _apply(inv: InventoryCore, d: DeploymentView, actions: list[Action], counter
             inv.transition(a.node_id, N.DRAINING, a.reason)
             inv.transition(a.node_id, N.TERMINATED, a.reason)
         elif isinstance(a, SetState):
-            assert deployment_can(d.state, a.state)
-            d.state = a.state
+            assert a.state == d.state or deployment_can(d.state, a.state)
+            d.state, d.error = a.state, a.error
     return created
 
 
@@ -457,3 +464,57 @@ def test_hysteresis_silent_node_gets_grace_self_reported_failure_does_not() -> N
     assert any(isinstance(a, CreateReplicas) and a.count == 1 for a in actions)
     past_grace = dict(silent, seconds_in_state=10.0)
     assert any(isinstance(a, RemoveReplica) for a in planner.plan([dep], [past_grace, ready]))
+
+
+# ------------------------------------------------------------------------------------ failure threshold (issue 10)
+def test_failure_threshold_is_relative_to_the_replica_count(planner: DeploymentPlanner) -> None:
+    """Three capacity errors early in a big roll-out do not fail it: max(3, ceil(0.5 x desired))."""
+    assert [planner.threshold(n) for n in (1, 2, 6, 7, 10, 500)] == [3, 3, 3, 4, 5, 250]
+    d = dep(D.DEPLOYING, 10)
+    for i in range(4):
+        actions = planner.plan([d], [node(f"f{i}", N.FAILED, reason="no capacity")])
+        assert not [s for s in states(actions) if s.state == D.FAILED]
+    actions = planner.plan([d], [node("f4", N.FAILED, reason="no capacity")])
+    failed = [s for s in states(actions) if s.state == D.FAILED]
+    assert failed and failed[0].error == (
+        "5 replicas failed with none ready (limit 5 for 10 replicas): 'no capacity' x5"
+    )
+
+
+def test_the_deployment_error_says_what_keeps_failing_counted(planner: DeploymentPlanner) -> None:
+    d = dep(D.DEPLOYING, 20)  # fails at 10
+    reasons = ["quota exceeded", "quota exceeded", "engine exited", "quota exceeded"]
+    for i, r in enumerate(reasons):
+        actions = planner.plan([d], [node(f"f{i}", N.FAILED, reason=r)])
+        for s in states(actions):
+            d.error = s.error
+    assert d.error == (
+        "replica failures with none ready: 4 (the deployment fails at 10), retrying with backoff: "
+        "'quota exceeded' x3; 'engine exited' x1"
+    )
+    assert states(planner.plan([d], [])) == []  # said once: nothing to write while nothing changes
+    # a ready replica resets the count and clears the report
+    actions = planner.plan([d], [node("r", N.READY)])
+    assert SetState(DEP, D.DEPLOYING, None) in actions
+
+
+def test_another_error_is_not_overwritten_by_the_failure_report(planner: DeploymentPlanner) -> None:
+    d = DeploymentView(DEP, D.DEPLOYING, 4, error="pool 'p' is at its max_nodes quota (2)")
+    actions = planner.plan([d], [node("f", N.FAILED, reason="x")])
+    assert [s for s in states(actions) if s.state == D.DEPLOYING] == []
+
+
+# ------------------------------------------------------------------------------------ drain (issue 10 #9)
+def test_scale_down_and_silent_replicas_are_drained_dead_ones_terminated_at_once(planner: DeploymentPlanner) -> None:
+    silent = node("s", N.UNHEALTHY, in_state=100, reason="no heartbeat for 15s")
+    crashed = node("c", N.UNHEALTHY, in_state=0, reason="engine exited") | {"failed_by_node": True}
+    failed = node("f", N.FAILED, reason="boom")
+    actions = planner.plan([dep(D.RUNNING, 1)], [node("a", N.READY, in_state=9), node("b", N.READY), silent])
+    drains = {a.node_id: a.drain for a in actions if isinstance(a, RemoveReplica)}
+    assert drains == {"s": True, "b": True}  # the silent one may still finish requests; the surplus too
+    actions = planner.plan([dep(D.RUNNING, 3)], [node("a", N.READY), crashed, failed])
+    drains = {a.node_id: a.drain for a in actions if isinstance(a, RemoveReplica)}
+    assert drains == {"c": False, "f": False}
+    actions = planner.plan([dep(D.STOPPING, 2)], [node("a", N.READY), node("f", N.FAILED)])
+    drains = {a.node_id: a.drain for a in actions if isinstance(a, RemoveReplica)}
+    assert drains == {"a": True, "f": False}  # a stop drains what serves

@@ -10,11 +10,13 @@ from dataclasses import dataclass, replace
 import pytest
 
 from actors.inventory_core import Heartbeat, HeartbeatStatus, InventoryCore
-from actors.pool_core import PoolManager, QuotaExceeded, node_token
+from actors.node_actor import EndedSet
+from actors.pool_core import DRAIN_MIN_S, PoolManager, PoolNotActive, QuotaExceeded, node_token
 from actors.records import PoolRecord, secret_matches
 from actors.retry import RetryPolicy
-from actors.states import NodeState
+from actors.states import NodeState, PoolState
 from adapters.base import (
+    NodeRef,
     ProviderNodeStatus,
     ProvisionRequest,
     TemporaryProviderError,
@@ -76,11 +78,17 @@ def _manager(
         heartbeat_url="http://127.0.0.1:8000/inventory/heartbeat",
         heartbeat_interval_s=5.0,
         retry=RETRY,
-        drain_period_s=7.0,
+        drain_timeout_s=7.0,
         call_timeout_s=30.0,
+        workloads=workloads,
         clock=clock,
         sleep=sleep,
     )
+
+
+async def workloads(deployment_id: str) -> WorkloadSpec | None:
+    """The deployments "in Postgres": only dep-1 exists."""
+    return WORKLOAD if deployment_id == WORKLOAD.deployment_id else None
 
 
 @pytest.fixture
@@ -368,12 +376,12 @@ async def test_terminate_a_failed_node(env: Env) -> None:
     assert env.store.nodes["n1"].state == N.TERMINATED
 
 
-async def test_drain_waits_the_drain_period(env: Env) -> None:
+async def test_drain_of_an_idle_node_terminates_it_soon(env: Env) -> None:
     await provisioned(env, "n1")
     ready_beat(env, "n1")
     assert await env.manager.drain_node("n1")
     await gone(env, "n1")
-    assert env.sleep.delays == [7.0]
+    assert sum(env.sleep.delays) == pytest.approx(DRAIN_MIN_S)  # no request in flight: no drain timeout
     reasons = [(state, reason) for nid, state, reason, _ in env.inventory.transitions if nid == "n1"]
     assert reasons == [(N.DRAINING, "drained by request"), (N.TERMINATED, "drained by request")]
     assert env.adapter.instances == {}
@@ -470,7 +478,8 @@ async def test_restart_reports_adoption(env: Env) -> None:
 
 
 async def test_restart_adopts_a_node_created_before_the_crash(env: Env) -> None:
-    """Provisioned at the provider, but the control plane died before recording the endpoint."""
+    """Provisioned at the provider, but the control plane died before recording the endpoint: provisioned
+    again (idempotent by node id), which completes the same instance with the deployment's workload."""
     env.adapter.gate = asyncio.Event()
     await env.manager.create_node("n1", WORKLOAD)
     await wait_until(lambda: env.manager.nodes["n1"].busy)
@@ -482,12 +491,16 @@ async def test_restart_adopts_a_node_created_before_the_crash(env: Env) -> None:
     new = env.restart()
     await new.manager.start()
     assert "n1" in new.manager.nodes
+    await wait_until(lambda: new.manager.nodes["n1"].idle, what="n1 provisioned again")
+    assert env.adapter.provision_calls == ["n1", "n1"]
+    assert new.manager.nodes["n1"].workload == WORKLOAD
     assert env.store.nodes["n1"].endpoint == env.adapter.instances["n1"].endpoint
     assert new.inventory.core.nodes["n1"].endpoint == env.adapter.instances["n1"].endpoint
     assert env.adapter.created == 1
 
 
-async def test_restart_forgets_a_node_the_provider_never_created(env: Env) -> None:
+async def test_restart_provisions_a_node_the_provider_never_created(env: Env) -> None:
+    """A crash before the provider created anything: the create is done again, not forgotten (issue 10 #3)."""
     env.adapter.gate = asyncio.Event()
     await env.manager.create_node("n1", WORKLOAD)
     await wait_until(lambda: env.manager.nodes["n1"].busy)
@@ -496,8 +509,38 @@ async def test_restart_forgets_a_node_the_provider_never_created(env: Env) -> No
 
     new = env.restart()
     await new.manager.start()
-    assert "n1" not in new.manager.nodes
-    assert new.inventory.state("n1") == N.TERMINATED
+    await wait_until(lambda: env.store.nodes["n1"].endpoint is not None, what="n1 provisioned")
+    assert "n1" in new.manager.nodes
+    assert new.inventory.state("n1") == N.PROVISIONING
+    assert env.adapter.created == 1
+    assert env.adapter.status_calls == []  # not taken for vanished while its provision runs again
+
+
+async def test_restart_provisions_an_idle_node_again(env: Env) -> None:
+    env.adapter.gate = asyncio.Event()
+    await env.manager.create_node("idle", None)
+    await wait_until(lambda: env.manager.nodes["idle"].busy)
+    await crash(env.manager)
+    env.adapter.gate = None
+    new = env.restart()
+    await new.manager.start()
+    await wait_until(lambda: env.store.nodes["idle"].endpoint is not None, what="idle provisioned")
+    assert new.manager.nodes["idle"].workload is None
+    assert env.adapter.provision_calls == ["idle", "idle"]
+
+
+async def test_restart_ends_a_half_created_node_whose_deployment_is_gone(env: Env) -> None:
+    env.adapter.gate = asyncio.Event()
+    await env.manager.create_node("n1", replace(WORKLOAD, deployment_id="dep-deleted"))
+    await wait_until(lambda: env.manager.nodes["n1"].busy)
+    env.adapter.make_instance("n1")
+    await crash(env.manager)
+    env.adapter.gate = None
+    new = env.restart()
+    await new.manager.start()
+    await wait_until(lambda: "n1" not in new.manager.nodes, what="n1 ended")
+    assert env.adapter.instances == {}
+    assert env.adapter.provision_calls == ["n1"]
     assert env.store.nodes["n1"].state == N.TERMINATED
 
 
@@ -511,7 +554,9 @@ async def test_a_retried_create_never_revives_a_node_that_ended(env: Env) -> Non
     env.adapter.gate = None
     new = env.restart()
     await new.manager.start()
-    assert "n1" not in new.manager.nodes
+    await wait_until(lambda: env.store.nodes["n1"].endpoint is not None)
+    assert await new.manager.terminate_node("n1", "scaled down")
+    await wait_until(lambda: "n1" not in new.manager.nodes)
     env.store.nodes["n1"].state = N.PROVISIONING  # the terminated state is still in the inventory's buffer
     out = await new.manager.create_node("n1", WORKLOAD)  # the resubmitted call
     assert out["state"] == N.TERMINATED
@@ -691,3 +736,237 @@ async def test_provider_reported_health_becomes_heartbeats(env: Env) -> None:
     await env.manager.report_health([NodeHealth("n1", "failed", reason="pod not ready: CrashLoopBackOff")])
     assert env.inventory.state("n1") == NodeState.UNHEALTHY
     assert env.inventory.core.nodes["n1"].reason == "pod not ready: CrashLoopBackOff"
+
+
+# ------------------------------------------------------------------------------------------- issue 10
+class FlakyInventory(FakeInventory):
+    """Its transition call raises for the next `fail` calls (an inventory the pool cannot reach)."""
+
+    def __init__(self, inner: FakeInventory) -> None:
+        super().__init__(inner.core, inner.store)
+        self.fail = 0
+
+    async def transition(self, node_id: str, state: NodeState, reason: str | None) -> bool:
+        if self.fail > 0:
+            self.fail -= 1
+            raise ConnectionError("inventory unreachable")
+        return await super().transition(node_id, state, reason)
+
+
+async def test_a_terminate_never_sticks_when_the_inventory_call_fails(env: Env) -> None:
+    """Issue 10 #2: any exception, not only ProviderError, resets the in-flight flag; a later TERMINATE is
+    not dropped, and the reconcile sends one again."""
+    await provisioned(env, "n1")
+    flaky = FlakyInventory(env.inventory)
+    env.manager.inventory = flaky
+    flaky.fail = 1
+    assert await env.manager.terminate_node("n1", "scaled down")
+    await wait_until(lambda: env.manager.nodes["n1"].idle)
+    actor = env.manager.nodes["n1"]
+    assert not actor.terminating and actor.end_wanted
+    assert "n1" in env.adapter.instances
+    # a later command is not lost
+    assert await env.manager.terminate_node("n1", "again")
+    await gone(env, "n1")
+    assert env.adapter.instances == {}
+    assert env.store.nodes["n1"].state == N.TERMINATED
+
+
+async def test_a_terminate_never_sticks_when_the_adapter_raises_something_else(env: Env) -> None:
+    await provisioned(env, "n1")
+    ready_beat(env, "n1")
+    calls = 0
+    real = env.adapter.deprovision_node
+
+    async def translate_bug(ref: NodeRef) -> None:  # e.g. a ValueError passed through by a translate()
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("bad label value")
+        await real(ref)
+
+    env.adapter.deprovision_node = translate_bug  # type: ignore[method-assign]
+    assert await env.manager.terminate_node("n1")
+    await wait_until(lambda: env.manager.nodes["n1"].idle)
+    assert not env.manager.nodes["n1"].terminating
+    assert env.inventory.state("n1") == N.DRAINING  # out of the routing table, still known, still billed
+    report = await env.manager.reconcile_provider()  # the provider reconcile retries it
+    assert report["retried"] == ["n1"]
+    await gone(env, "n1")
+    assert env.adapter.instances == {}
+
+
+async def test_a_drain_that_fails_before_draining_is_retried_by_the_reconcile(env: Env) -> None:
+    await provisioned(env, "n1")
+    flaky = FlakyInventory(env.inventory)
+    env.manager.inventory = flaky
+    flaky.fail = 1
+    assert await env.manager.drain_node("n1", "scaled down")
+    await wait_until(lambda: env.manager.nodes["n1"].idle)
+    assert env.inventory.state("n1") == N.PROVISIONING  # the draining transition never happened
+    report = await env.manager.reconcile_provider()
+    assert report["retried"] == ["n1"]
+    await gone(env, "n1")
+    assert env.adapter.instances == {}
+    assert env.manager.alive_count() == 0
+
+
+async def test_a_deleting_pool_refuses_new_nodes(env: Env) -> None:
+    """Issue 10 #5."""
+    await provisioned(env, "n1")
+    env.manager.pool.state = PoolState.DELETING
+    created, error = await env.manager.create_nodes(["n1", "n2"], WORKLOAD)
+    assert [n["id"] for n in created] == ["n1"]  # an existing node is still found (idempotent)
+    assert error == "pool 'p1' is deleting: no new nodes"
+    assert "n2" not in env.store.nodes
+    with pytest.raises(PoolNotActive):
+        await env.manager.create_node("n3")
+    env.manager.pool.target_nodes = 3
+    assert await env.manager.scale_idle() == []
+    assert set(env.store.nodes) == {"n1"}
+
+
+async def test_reconcile_never_erases_known_provider_facts(env: Env) -> None:
+    """Issue 10 #6: SkyPilot's list after a restart gives None/0 for what provisioning recorded."""
+    env.adapter.instances["n1"] = replace(
+        env.adapter.make_instance("n1"), gpu_type="A100", gpu_count=2, price_per_hour=3.5
+    )
+    await provisioned(env, "n1")
+    known = env.store.nodes["n1"]
+    assert (known.gpu_type, known.gpu_count, known.price_per_hour) == ("A100", 2, 3.5)
+    bare = replace(
+        env.adapter.instances["n1"],
+        endpoint=None,
+        ip_address=None,
+        gpu_type=None,
+        gpu_count=0,
+        price_per_hour=0.0,
+        vcpu=0,
+        ram_mb=0,
+        resources={"served_model": None},
+    )
+    env.adapter.instances["n1"] = bare
+    report = await env.manager.reconcile_provider()
+    assert report["adopted"] == []  # nothing new: nothing written
+    await crash(env.manager)
+    new = env.restart()
+    await new.manager.start()  # adoption at boot writes the merge
+    rec = env.store.nodes["n1"]
+    assert (rec.gpu_type, rec.gpu_count, rec.price_per_hour) == ("A100", 2, 3.5)
+    assert rec.endpoint == known.endpoint and rec.ip_address == known.ip_address
+    assert (rec.vcpu, rec.ram_mb) == (known.vcpu, known.ram_mb)
+    assert rec.resources["served_model"] == "served-n1"
+    assert new.inventory.core.nodes["n1"].endpoint == known.endpoint
+    # a real new value is taken
+    env.adapter.instances["n1"] = replace(bare, endpoint="http://10.7.7.7:8000", gpu_count=4)
+    report = await new.manager.reconcile_provider()
+    assert report["adopted"] == ["n1"]
+    assert env.store.nodes["n1"].endpoint == "http://10.7.7.7:8000"
+    assert env.store.nodes["n1"].gpu_count == 4
+    assert env.store.nodes["n1"].gpu_type == "A100"
+
+
+def report_load(env: Env, ongoing: dict[str, int]) -> None:
+    env.inventory.core.report_load("replica-1", ongoing)
+
+
+async def test_drain_waits_for_in_flight_requests_then_terminates(env: Env) -> None:
+    """Issue 10 #9: out of the routing table at once; terminated once idle."""
+    await provisioned(env, "n1")
+    ready_beat(env, "n1")
+    assert env.inventory.core.routing_table()["models"]["llama"][0]["node_id"] == "n1"
+    report_load(env, {"n1": 2})
+    env.sleep.clock = None  # time moves only when the test says so
+    assert await env.manager.drain_node("n1", "scaled down")
+    await wait_until(lambda: env.inventory.state("n1") == N.DRAINING)
+    assert env.inventory.core.routing_table()["models"] == {}  # out of the table at once
+    for _ in range(6):
+        env.clock.advance(0.5)
+        report_load(env, {"n1": 1})  # the replica keeps reporting a request in flight
+        await settle()
+    assert "n1" in env.adapter.instances  # still serving
+    report_load(env, {})  # the request finished
+    env.clock.advance(0.5)
+    await gone(env, "n1")
+    assert env.adapter.instances == {}
+    assert env.store.nodes["n1"].state == N.TERMINATED
+    assert env.inventory.load_calls <= 6  # one load query per poll, not per node and turn
+
+
+async def test_drain_is_bounded_by_the_drain_timeout(env: Env) -> None:
+    await provisioned(env, "n1")
+    ready_beat(env, "n1")
+    env.sleep.clock = None
+    assert await env.manager.drain_node("n1")
+    for _ in range(13):  # 7 s (the env's drain timeout) of a stuck request
+        report_load(env, {"n1": 1})
+        env.clock.advance(0.5)
+        await settle()
+        assert "n1" in env.adapter.instances
+    for _ in range(3):
+        report_load(env, {"n1": 1})
+        env.clock.advance(0.5)
+        await settle()
+    await gone(env, "n1")
+    assert env.adapter.instances == {}
+
+
+async def test_a_terminate_hurries_a_drain(env: Env) -> None:
+    """A draining node found dead (or deleted by request) is terminated at once."""
+    await provisioned(env, "n1")
+    ready_beat(env, "n1")
+    report_load(env, {"n1": 5})
+    env.sleep.clock = None
+    assert await env.manager.drain_node("n1")
+    await wait_until(lambda: env.inventory.state("n1") == N.DRAINING)
+    assert await env.manager.terminate_node("n1", "engine exited")
+    env.clock.advance(0.5)
+    await gone(env, "n1")
+    assert env.adapter.deprovision_calls == ["n1"]
+
+
+async def test_a_node_that_never_served_is_not_drained(env: Env) -> None:
+    env.adapter.permanent_error = "no capacity"
+    await env.manager.create_node("n1", WORKLOAD)
+    await wait_until(lambda: env.inventory.state("n1") == N.FAILED)
+    env.sleep.delays.clear()
+    assert await env.manager.drain_node("n1")
+    await gone(env, "n1")
+    assert env.sleep.delays == []
+
+
+async def test_an_unknown_load_is_not_idle(env: Env) -> None:
+    await provisioned(env, "n1")
+    ready_beat(env, "n1")
+
+    async def broken(ids: list[str]) -> dict[str, int]:
+        raise ConnectionError("inventory unreachable")
+
+    env.manager.inventory.node_load = broken  # type: ignore[method-assign]
+    assert await env.manager.drain_node("n1")
+    await gone(env, "n1")
+    assert sum(env.sleep.delays) == pytest.approx(7.0)  # waited the whole drain timeout
+
+
+async def test_scale_down_of_idle_nodes_drains(env: Env) -> None:
+    env.pool.target_nodes = 2
+    await env.manager.scale_idle()
+    await wait_until(lambda: len(env.adapter.instances) == 2)
+    await wait_until(lambda: all(a.idle for a in env.manager.nodes.values()))
+    env.pool.target_nodes = 1
+    await env.manager.scale_idle()
+    await wait_until(lambda: len(env.manager.nodes) == 1)
+    ended = [nid for nid, st, _, ok in env.inventory.transitions if st == N.DRAINING and ok]
+    assert len(ended) == 1 and env.inventory.core.nodes[ended[0]].reason == "scaled down"
+
+
+def test_the_ended_set_is_bounded_in_size_and_age() -> None:
+    """Issue 10 #12: the pool's ended set does not grow forever."""
+    clock = FakeClock()
+    ended = EndedSet(max_size=3, max_age_s=60.0, clock=clock)
+    for i in range(5):
+        ended.add(f"n{i}")
+    assert len(ended) == 3 and "n0" not in ended and "n4" in ended
+    clock.advance(61.0)
+    ended.add("late")
+    assert "n4" not in ended and "late" in ended and len(ended) == 1
