@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from adapters.base import (
@@ -29,6 +30,8 @@ from adapters.kubernetes.watch import PodView, PodWatch, classify, current_pod, 
 log = logging.getLogger(__name__)
 
 FOREGROUND = {"propagationPolicy": "Foreground"}
+WATCH_BACKOFF_S = 0.5
+WATCH_BACKOFF_MAX_S = 10.0
 
 
 class KubernetesAdapter(ProviderAdapter):
@@ -292,28 +295,52 @@ class KubernetesAdapter(ProviderAdapter):
 
     # ------------------------------------------------------------ health (pod readiness -> heartbeats)
     async def watch_health(self, report: HealthReporter) -> None:
+        """Pod readiness -> health reports. An API-server outage (the watch fails) keeps the last known
+        health, each report marked stale, while the watch reconnects with backoff: healthy pods stay in
+        the routing table; nothing is failed for want of news."""
         c = await self.kube()
-        watch = PodWatch(c.core, self.ns, m.pool_selector(self.pool_id))
         tracker = HealthTracker(self)
-        watch.start()
-        try:
-            while True:
-                try:
-                    kind, obj = await asyncio.wait_for(watch.queue.get(), timeout=1.0)
-                except TimeoutError:
-                    changed = tracker.tick()
-                else:
-                    if kind == "ERROR":
-                        raise obj if isinstance(obj, Exception) else RuntimeError(str(obj))
-                    changed = tracker.apply(kind, obj)
-                if changed:
-                    await report(changed)
-        finally:
-            watch.stop()
+        delay = WATCH_BACKOFF_S
+        while True:
+            watch = PodWatch(c.core, self.ns, m.pool_selector(self.pool_id))
+            watch.start()
+            try:
+                while True:
+                    try:
+                        kind, obj = await asyncio.wait_for(watch.queue.get(), timeout=1.0)
+                    except TimeoutError:
+                        changed = tracker.tick()
+                    else:
+                        if kind == "ERROR":
+                            raise obj if isinstance(obj, Exception) else RuntimeError(str(obj))
+                        if kind == "LIST":
+                            delay = WATCH_BACKOFF_S
+                        changed = tracker.apply(kind, obj)
+                    if changed:
+                        await report(changed)
+            except Exception as exc:
+                stale = tracker.stale(f"kubernetes API unreachable ({type(exc).__name__}); last known health")
+                log.warning(
+                    "pool %s: pod watch lost (%s); keeping the last known health of %d nodes, retrying in %.1f s",
+                    self.pool_id,
+                    exc,
+                    len(stale),
+                    delay,
+                )
+                if stale:
+                    await report(stale)
+            finally:
+                watch.stop()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, WATCH_BACKOFF_MAX_S)
 
 
 class HealthTracker:
-    """Pods per node -> NodeHealth; reports only what changed (everything after a relist)."""
+    """Pods per node -> NodeHealth; reports only what changed (everything after a relist).
+
+    Hysteresis: a pod that was ready and turns not ready reports `starting` (out of the routing table,
+    not replaced) and `failed` only after `unready_timeout_s` of not being ready again; a crash loop or a
+    failed pod is `failed` at once."""
 
     def __init__(self, adapter: KubernetesAdapter, clock: Any = time.monotonic) -> None:
         self.a = adapter
@@ -322,6 +349,7 @@ class HealthTracker:
         self.was_ready: set[str] = set()
         self.last: dict[str, NodeHealth] = {}
         self.pending_since: dict[str, float] = {}
+        self.unready_since: dict[str, float] = {}
 
     def apply(self, kind: str, obj: Any) -> list[NodeHealth]:
         if kind == "LIST":
@@ -334,6 +362,8 @@ class HealthTracker:
                 self.last.pop(gone, None)
                 self.was_ready.discard(gone)
                 self.pending_since.pop(gone, None)
+                self.unready_since.pop(gone, None)
+            self.last = {}  # after a (re)list every node is reported again, fresh
             return [self._health(n) for n in self.pods]
         v = pod_view(obj)
         if not v.node_id:
@@ -345,7 +375,16 @@ class HealthTracker:
         return self._changed([v.node_id])
 
     def tick(self) -> list[NodeHealth]:
-        return self._changed(list(self.pending_since))
+        return self._changed(list(dict.fromkeys([*self.pending_since, *self.unready_since])))
+
+    def stale(self, why: str) -> list[NodeHealth]:
+        """The last known health of every node, marked stale (the API cannot be read)."""
+        out = []
+        for n, h in self.last.items():
+            reason = f"{why}: {h.reason}" if h.reason else why
+            out.append(replace(h, reason=reason))
+            self.last[n] = out[-1]
+        return out
 
     def _changed(self, node_ids: list[str]) -> list[NodeHealth]:
         out = []
@@ -361,15 +400,22 @@ class HealthTracker:
         pod = current_pod(list(self.pods.get(node_id, {}).values()))
         status, reason = classify(pod, a.ns, a.pool_id, a.cfg.gpu_resource)
         ep = a._health_endpoint(node_id, pod)
+        if status != ProviderNodeStatus.RUNNING and node_id not in self.was_ready:
+            self.unready_since.pop(node_id, None)
         if status == ProviderNodeStatus.RUNNING:
             self.was_ready.add(node_id)
             self.pending_since.pop(node_id, None)
+            self.unready_since.pop(node_id, None)
             h = NodeHealth(node_id, "ready", ep, None, 100)
         elif status == ProviderNodeStatus.FAILED:
             h = NodeHealth(node_id, "failed", ep, reason, 0)
         elif node_id in self.was_ready:
             name = pod.name if pod else "(deleted)"
-            h = NodeHealth(node_id, "failed", ep, f"pod {name} is no longer ready: {reason}", 0)
+            since = self.unready_since.setdefault(node_id, self.clock())
+            if self.clock() - since >= a.cfg.unready_timeout_s:
+                h = NodeHealth(node_id, "failed", ep, f"pod {name} is no longer ready: {reason}", 0)
+            else:
+                h = NodeHealth(node_id, "starting", ep, f"pod {name} is not ready (for now): {reason}", 0)
         elif reason and (reason.startswith("no GPU capacity") or reason.startswith("unschedulable")):
             since = self.pending_since.setdefault(node_id, self.clock())
             late = self.clock() - since >= a.cfg.unschedulable_timeout_s

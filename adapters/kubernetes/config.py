@@ -26,6 +26,7 @@ _KNOWN = {
     "model_cache_mount",
     "cluster_domain",
     "unschedulable_timeout_s",
+    "unready_timeout_s",
     "liveness_initial_delay_s",
     "request_timeout_s",
     "cleanup_orphans",
@@ -53,6 +54,9 @@ class KubeConfig:
     model_cache_mount: str | None = None  # default: the engine's cache directory
     cluster_domain: str = "cluster.local"
     unschedulable_timeout_s: float = 300.0  # an unschedulable pod fails its node after this long
+    # a pod that was ready and turns not ready: out of the routing table at once, failed (replaced) only
+    # when it stays not ready this long (a slow /health under load is a blip, not a death)
+    unready_timeout_s: float = 30.0
     liveness_initial_delay_s: int = 600  # large models load for minutes before /health answers
     request_timeout_s: float = 30.0
     cpu: str | None = None  # requests for the engine container, e.g. "4"
@@ -129,6 +133,7 @@ def parse(cfg: dict[str, Any]) -> KubeConfig:
         model_cache_mount=_str(cfg, "model_cache_mount"),
         cluster_domain=domain,
         unschedulable_timeout_s=_num(cfg, "unschedulable_timeout_s", 300.0),
+        unready_timeout_s=_num(cfg, "unready_timeout_s", 30.0),
         liveness_initial_delay_s=int(_num(cfg, "liveness_initial_delay_s", 600)),
         request_timeout_s=_num(cfg, "request_timeout_s", 30.0, minimum=1.0),
         cpu=_str(cfg, "cpu"),

@@ -152,13 +152,14 @@ def test_classify() -> None:
 
 def test_health_tracker_ready_then_lost_and_unschedulable_timeout() -> None:
     now = [0.0]
-    a = KubernetesAdapter("pool-1", {"namespace": "ns", "unschedulable_timeout_s": 5})
+    a = KubernetesAdapter("pool-1", {"namespace": "ns", "unschedulable_timeout_s": 5, "unready_timeout_s": 0})
     t = HealthTracker(a, clock=lambda: now[0])
     first = t.apply("LIST", [_pod(phase="Running", conditions=[_cond("Ready", "True")])])
     assert [(h.state, h.endpoint) for h in first] == [("ready", "http://n1.ns.svc.cluster.local:8000")]
     assert t.apply("MODIFIED", _pod(phase="Running", conditions=[_cond("Ready", "True")])) == []  # no change
     lost = t.apply("MODIFIED", _pod(phase="Running", conditions=[_cond("Ready", "False", "ContainersNotReady")]))
     assert lost[0].state == "failed" and "no longer ready" in (lost[0].reason or "")
+    assert t.apply("MODIFIED", _pod(phase="Running", conditions=[_cond("Ready", "True")]))[0].state == "ready"
     big = _pod(
         "p2",
         "n2",
@@ -198,3 +199,33 @@ def test_translate_transport_errors() -> None:
 
     assert isinstance(translate(urllib3.exceptions.ReadTimeoutError(None, "u", "t"), "x"), TemporaryProviderError)  # type: ignore[arg-type]
     assert isinstance(translate(ConnectionRefusedError(), "x"), TemporaryProviderError)
+
+
+def test_readiness_blip_is_not_a_failure_until_it_lasts() -> None:
+    """Issue 10 item 7: a ready pod that turns not ready leaves the table (`starting`), is `failed` (replaced)
+    only after unready_timeout_s without being ready again; ready again in time resets the clock."""
+    now = [0.0]
+    a = KubernetesAdapter("pool-1", {"namespace": "ns", "unready_timeout_s": 10})
+    t = HealthTracker(a, clock=lambda: now[0])
+    ready = _pod(phase="Running", conditions=[_cond("Ready", "True")])
+    unready = _pod(phase="Running", conditions=[_cond("Ready", "False", "ContainersNotReady")])
+    assert [h.state for h in t.apply("LIST", [ready])] == ["ready"]
+    (blip,) = t.apply("MODIFIED", unready)
+    assert blip.state == "starting" and "not ready (for now)" in (blip.reason or "")
+    now[0] = 9.0
+    assert t.tick() == []  # still within the window: no change
+    assert [h.state for h in t.apply("MODIFIED", ready)] == ["ready"]  # back in time
+    t.apply("MODIFIED", unready)
+    now[0] = 18.0
+    assert t.tick() == []  # the clock started again at the second blip
+    now[0] = 19.5
+    (dead,) = t.tick()
+    assert dead.state == "failed" and "no longer ready" in (dead.reason or "")
+
+
+def test_api_outage_keeps_the_last_known_health_marked_stale() -> None:
+    a = KubernetesAdapter("pool-1", {"namespace": "ns"})
+    t = HealthTracker(a)
+    t.apply("LIST", [_pod(phase="Running", conditions=[_cond("Ready", "True")])])
+    (h,) = t.stale("kubernetes API unreachable")
+    assert h.state == "ready" and h.endpoint and "unreachable" in (h.reason or "")
