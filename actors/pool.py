@@ -11,7 +11,9 @@ from typing import Any
 
 import ray
 
+from actors import pool_settings
 from actors.pool_core import PoolManager
+from actors.provider_calls import count_calls, totals
 from actors.records import new_secret
 from actors.runtime import (
     INVENTORY,
@@ -75,7 +77,9 @@ class PoolRuntime:
             pool = await self.store.get_pool(self.pool_id)
             if pool is None:
                 raise PermanentProviderError(f"pool {self.pool_id} does not exist")
-            adapter = create_adapter(pool.provider, pool.id, pool.provider_config, self.cfg.data_dir)
+            adapter = count_calls(
+                create_adapter(pool.provider, pool.id, pool.provider_config, self.cfg.data_dir), pool.provider
+            )
             token_key = await self.store.get_or_create_secret("node_token_key", lambda: new_secret("ntk"))
             manager = PoolManager(
                 pool,
@@ -109,6 +113,8 @@ class PoolRuntime:
             m.pool.target_nodes = fresh.target_nodes
             m.pool.max_nodes = fresh.max_nodes
             m.pool.min_nodes = fresh.min_nodes
+            m.pool.max_cost_per_hour = fresh.max_cost_per_hour
+            m.pool.allowed_gpu_types = fresh.allowed_gpu_types
             if fresh.state == PoolState.DELETING:
                 m.pool.state = PoolState.DELETING
         await m.reconcile_provider()
@@ -159,6 +165,11 @@ class PoolRuntime:
         m = await self._boot()
         m.pool.target_nodes = target
         return await m.scale_idle()
+
+    async def update_config(self, changes: dict[str, Any]) -> dict[str, Any]:
+        m = await self._boot()
+        refused = await pool_settings.update_config(m, changes)
+        return {"ok": True} if refused is None else {"ok": False, "field": refused[0], "message": refused[1]}
 
     async def discover(self) -> list[dict[str, Any]]:
         m = await self._boot()
@@ -290,6 +301,15 @@ class PoolActor:
 
     async def scale(self, pool_id: str, target: int) -> list[str]:
         return await self._runtime(pool_id).scale(target)
+
+    async def update_config(self, pool_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply changed pool settings, refused ({"ok": False, "field", "message"}) when the nodes it runs
+        do not fit them."""
+        return await self._runtime(pool_id).update_config(changes)
+
+    async def provider_calls(self, pool_id: str = "") -> list[dict[str, Any]]:
+        """Provider calls and errors made by this actor (every pool it runs), for /metrics."""
+        return totals()
 
     async def discover(self, pool_id: str) -> list[dict[str, Any]]:
         return await self._runtime(pool_id).discover()

@@ -143,13 +143,30 @@ class Store:
         q = "INSERT INTO events (kind, entity_type, entity_id, data) VALUES ($1, $2, $3, $4)"
         await (conn or self.pool).execute(q, kind, entity_type, entity_id, data or {})
 
-    async def list_events(self, entity_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        if entity_id:
-            rows = await self.pool.fetch(
-                "SELECT * FROM events WHERE entity_id = $1 ORDER BY id DESC LIMIT $2", entity_id, limit
-            )
-        else:
-            rows = await self.pool.fetch("SELECT * FROM events ORDER BY id DESC LIMIT $1", limit)
+    async def list_events(
+        self,
+        entity_id: str | None = None,
+        limit: int = 100,
+        *,
+        before: int | None = None,
+        entity_type: str | None = None,
+        kind: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Newest first; `before` (an event id) pages back, `kind` matches a prefix (`node.` or `node.ready`)."""
+        conds: list[str] = []
+        args: list[Any] = []
+        for cond, value in (
+            ("entity_id = ${}", entity_id),
+            ("id < ${}", before),
+            ("entity_type = ${}", entity_type),
+            ("starts_with(kind, ${})", kind),
+        ):
+            if value is not None:
+                args.append(value)
+                conds.append(cond.format(len(args)))
+        where = (" WHERE " + " AND ".join(conds)) if conds else ""
+        args.append(limit)
+        rows = await self.pool.fetch(f"SELECT * FROM events{where} ORDER BY id DESC LIMIT ${len(args)}", *args)
         return [dict(r) for r in rows]
 
     # ---------------------------------------------------------------- pools
@@ -199,6 +216,59 @@ class Store:
             target,
         )
         return _pool(row) if row else None
+
+    async def update_pool(self, pool_id: str, fields: dict[str, Any]) -> PoolRecord | None:
+        """Change the settings of an active pool (PATCH /v1/pools); None when it is not active."""
+        allowed = (
+            "min_nodes",
+            "max_nodes",
+            "target_nodes",
+            "max_cost_per_hour",
+            "allowed_gpu_types",
+            "provider_config",
+        )
+        keys = [k for k in allowed if k in fields]
+        if not keys:
+            return await self.get_pool(pool_id)
+        sets = ", ".join(f"{k} = ${i + 2}" for i, k in enumerate(keys))
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"UPDATE compute_pools SET {sets}, updated_at = now() WHERE id = $1 AND state = 'active'"
+                f" RETURNING {_POOL_COLS}",
+                pool_id,
+                *[fields[k] for k in keys],
+            )
+            if row is not None:
+                await self.add_event("pool.updated", "pool", pool_id, {"fields": keys}, conn)
+        return _pool(row) if row else None
+
+    async def pool_usage(self) -> list[dict[str, Any]]:
+        """Nodes and their summed price per pool and state (alive states only), for /metrics and PATCH checks."""
+        rows = await self.pool.fetch(
+            "SELECT pool_id, state, count(*) AS nodes, COALESCE(sum(price_per_hour), 0) AS cost"
+            " FROM inventory_nodes WHERE state = ANY($1::text[]) GROUP BY pool_id, state",
+            ["provisioning", "ready", "unhealthy", "draining"],
+        )
+        return [dict(r) for r in rows]
+
+    async def start_pool_delete(self, pool_id: str, busy: Iterable[DeploymentState]) -> int:
+        """Mark the pool `deleting` unless a deployment in a `busy` state uses it, in one transaction that locks
+        the pool's row (insert_deployment takes the same lock): 0 when marked (or already deleting), else
+        the number of such deployments (nothing changed)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            state = await conn.fetchval("SELECT state FROM compute_pools WHERE id = $1 FOR UPDATE", pool_id)
+            if state != str(PoolState.ACTIVE):
+                return 0
+            n = await conn.fetchval(
+                "SELECT count(*) FROM model_deployments WHERE pool_id = $1 AND state = ANY($2::text[])",
+                pool_id,
+                [str(s) for s in busy],
+            )
+            if n:
+                return int(n)
+            await conn.execute("UPDATE compute_pools SET state = 'deleting', updated_at = now() WHERE id = $1", pool_id)
+            await self.add_event("pool.deleting", "pool", pool_id, {}, conn)
+        return 0
 
     async def set_pool_state(self, pool_id: str, state: PoolState, expected: Iterable[PoolState]) -> bool:
         r = await self.pool.execute(
@@ -273,6 +343,44 @@ class Store:
         where = (" WHERE " + " AND ".join(conds)) if conds else ""
         rows = await self.pool.fetch(f"SELECT {_NODE_COLS} FROM inventory_nodes{where} ORDER BY created_at", *args)
         return [_node(r) for r in rows]
+
+    async def page_nodes(
+        self,
+        *,
+        pool_id: str | None = None,
+        states: Iterable[NodeState] | None = None,
+        deployment_id: str | None = None,
+        search: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[NodeRecord], int]:
+        """One page of nodes (oldest first) and the number of nodes that match the filters."""
+        conds: list[str] = []
+        args: list[Any] = []
+        if pool_id is not None:
+            args.append(pool_id)
+            conds.append(f"pool_id = ${len(args)}")
+        if states is not None:
+            args.append([str(s) for s in states])
+            conds.append(f"state = ANY(${len(args)}::text[])")
+        if deployment_id is not None:
+            args.append(deployment_id)
+            conds.append(f"deployment_id = ${len(args)}")
+        if search:
+            args.append(search)
+            n = len(args)
+            conds.append(f"(strpos(id, ${n}) > 0 OR strpos(COALESCE(endpoint, ''), ${n}) > 0)")
+        where = (" WHERE " + " AND ".join(conds)) if conds else ""
+        async with self.pool.acquire() as conn:
+            total = await conn.fetchval(f"SELECT count(*) FROM inventory_nodes{where}", *args)
+            rows = await conn.fetch(
+                f"SELECT {_NODE_COLS} FROM inventory_nodes{where} ORDER BY created_at, id"
+                f" LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
+                *args,
+                limit,
+                offset,
+            )
+        return [_node(r) for r in rows], int(total or 0)
 
     async def apply_node_transitions(
         self, changes: Sequence[tuple[str, Sequence[NodeState], NodeState, str | None]]

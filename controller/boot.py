@@ -7,12 +7,13 @@ boot only makes sure the actors exist (detached, named, get-if-exists) and waits
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-import json
 import logging
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,12 @@ from actors.runtime import (
     get_pool_actor,
     pool_actor_name,
 )
+from actors.secretbox import load_or_create_master_key
 from actors.states import PoolState
 from actors.storage import Store
+from controller import runtime_file
 from controller.config import Settings
+from controller.runtime_file import RuntimeInfo
 from controller.services import EmbeddedPostgres, EmbeddedRedis, redis_url
 
 log = logging.getLogger(__name__)
@@ -58,9 +62,12 @@ def load_or_create_api_token(settings: Settings) -> tuple[str, bool]:
     return token, True
 
 
-async def _migrate(dsn: str) -> int:
-    store = await Store.connect(dsn, migrate=True)
+async def _migrate(dsn: str, master_key: str | None = None) -> int:
+    store = await Store.connect(dsn, migrate=True, master_key=master_key)
     try:
+        sealed = await store.seal_plain_keys()  # keys stored in clear by an older version: encrypted in place
+        if sealed:
+            log.info("encrypted %d deployment key(s) stored in clear", sealed)
         return await store.schema_version()
     finally:
         await store.close()
@@ -74,6 +81,22 @@ async def _active_pools(dsn: str) -> list[str]:
         await store.close()
 
 
+class Stage:
+    """What one start-up stage reports when it ends: a short detail for the stage's line."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.detail = ""
+
+
+class Progress:
+    """Start-up stages as `up` shows them (services, Ray, actors, API); the default shows nothing."""
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[Stage]:
+        yield Stage(name)
+
+
 @dataclass
 class ControlPlane:
     settings: Settings
@@ -82,6 +105,10 @@ class ControlPlane:
     api_token: str = ""
     token_created: bool = False
     cfg: RuntimeConfig | None = None
+    master_key: str = field(default="", repr=False)  # of the keys at rest (actors/secretbox.py)
+    master_key: str = field(default="", repr=False)  # of the keys at rest (actors/secretbox.py)
+    runtime: RuntimeInfo | None = None
+    log_file: Path | None = None  # where `up` sends the full logs (recorded in runtime.json)
     _pg: EmbeddedPostgres | None = None
     _redis: EmbeddedRedis | None = None
     _ray_started_here: bool = False
@@ -101,27 +128,54 @@ class ControlPlane:
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.settings.data_port_or_default}"
 
-    def start(self) -> None:
+    @property
+    def ray_address(self) -> str | None:
+        return self.runtime.ray_address if self.runtime else None
+
+    @property
+    def dashboard_url(self) -> str | None:
+        return self.runtime.dashboard_url if self.runtime else None
+
+    def start(self, progress: Progress | None = None) -> None:
+        """Services, Ray, actors, API, in this order. The runtime file is written first (state `starting`,
+        this pid), completed after each stage and marked `running` once the API answers."""
+        p = progress or Progress()
         t0 = time.monotonic()
         s = self.settings
         s.ensure_data_dir()
+        self.runtime = runtime_file.claim(s.data_dir)
+        self.runtime.log_file = str(self.log_file) if self.log_file else None
+        self.runtime.pool_hosts = s.pool_hosts
+        self._record()
         self.api_token, self.token_created = load_or_create_api_token(s)
+        env_key = s.master_key.get_secret_value() if s.master_key else None
+        self.master_key, _ = load_or_create_master_key(s.data_dir, env_key)
+        env_key = s.master_key.get_secret_value() if s.master_key else None
+        self.master_key, _ = load_or_create_master_key(s.data_dir, env_key)
 
-        if s.postgres_dsn is None:
-            self._pg = EmbeddedPostgres(s.data_dir / "pgdata")
-            dsn = self._pg.start()
-        else:
-            dsn = s.postgres_dsn.get_secret_value()
-        if s.redis_host is None:
-            self._redis = EmbeddedRedis(s.data_dir / "redis")
-            rurl = self._redis.start()
-        else:
-            pw = s.redis_password.get_secret_value() if s.redis_password else None
-            rurl = redis_url(s.redis_host, s.redis_port, pw)
+        with p.stage("services") as st:
+            if s.postgres_dsn is None:
+                self._pg = EmbeddedPostgres(s.data_dir / "pgdata")
+                dsn = self._pg.start()
+            else:
+                dsn = s.postgres_dsn.get_secret_value()
+            if s.redis_host is None:
+                self._redis = EmbeddedRedis(s.data_dir / "redis")
+                rurl = self._redis.start()
+            else:
+                pw = s.redis_password.get_secret_value() if s.redis_password else None
+                rurl = redis_url(s.redis_host, s.redis_port, pw)
+            version = asyncio.run(_migrate(dsn, self.master_key))
+            log.info("database schema at version %d", version)
+            pg = "embedded PostgreSQL" if self._pg else "PostgreSQL"
+            redis = f"embedded Redis on 127.0.0.1:{self._redis.port}" if self._redis else f"Redis at {s.redis_host}"
+            st.detail = f"{pg} (schema v{version}), {redis}"
+            self.runtime.postgres_embedded = self._pg is not None
+            self.runtime.redis_embedded = self._redis is not None
+            self.runtime.redis_url = rurl if self._redis is not None else None
+            self._record()
         self.timings["services_s"] = time.monotonic() - t0
 
-        version = asyncio.run(_migrate(dsn))
-        log.info("database schema at version %d", version)
         assert s.public_url is not None
         self.cfg = RuntimeConfig(
             dsn=dsn,
@@ -135,6 +189,11 @@ class ControlPlane:
             reconcile_interval_s=s.reconcile_interval_s,
             log_level=s.log_level,
             pool_hosts=s.pool_hosts,
+            drain_timeout_s=s.drain_timeout_s,
+            events_retention_s=s.events_retention_s,
+            terminated_retention_s=s.terminated_retention_s,
+            master_key=self.master_key,
+            metrics_open_on_loopback=s.metrics_open_on_loopback,
         )
         if s.direct_ingress:
             # measured here (bench/heartbeats.py): ~240 single heartbeats/s through Serve's proxy actor,
@@ -146,39 +205,65 @@ class ControlPlane:
                 self.cfg, api_host=s.api_host, data_port=s.data_port_or_default, data_url=self.data_url
             )
         t1 = time.monotonic()
-        self._start_ray()
+        with p.stage("Ray") as st:
+            self._start_ray()
+            where = "local (started here)" if self._ray_started_here else "joined"
+            st.detail = f"{where} at {self.ray_address}" + (
+                f", dashboard {self.dashboard_url}" if self.dashboard_url else ", no dashboard"
+            )
+            self._record()
         self.timings["ray_s"] = time.monotonic() - t1
         t2 = time.monotonic()
-        self._start_actors(dsn)
+        with p.stage("actors") as st:
+            pools = self._start_actors(dsn)
+            st.detail = f"inventory, deployments, {pools} pool(s)"
         self.timings["actors_s"] = time.monotonic() - t2
         t3 = time.monotonic()
-        self._start_serve()
+        with p.stage("API") as st:
+            self._start_serve()
+            st.detail = self.api_url + (f" (data port {self.data_url})" if self._direct else "")
+            self.runtime.api_url = self.api_url
+            self.runtime.data_url = self.data_url
+            self.runtime.state = runtime_file.RUNNING
+            self._record()
         self.timings["serve_s"] = time.monotonic() - t3
-        self._write_runtime(dsn, rurl)
         self.timings["total_s"] = time.monotonic() - t0
+
+    def _record(self) -> None:
+        assert self.runtime is not None
+        runtime_file.write(self.settings.data_dir, self.runtime)
 
     def _start_ray(self) -> None:
         import ray
 
         for k, v in RAY_ENV.items():
             os.environ.setdefault(k, v)
-        if ray.is_initialized():
-            return
-        address = self.settings.ray_address
+        assert self.runtime is not None
+        dashboard: str | None = None
+        if not ray.is_initialized():
+            address = self.settings.ray_address
+            kwargs: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": True}
+            if address:
+                dashboard = ray.init(address=address, **kwargs).dashboard_url
+            else:
+                dash: dict[str, Any] = {"include_dashboard": self.settings.dashboard}
+                if self.settings.dashboard:  # never on 0.0.0.0: its job API runs any code it is sent
+                    dash.update(dashboard_host="127.0.0.1", dashboard_port=self.settings.dashboard_port)
+                ctx = ray.init(
+                    address="local",  # always a new local instance, never a stray `ray start` cluster
+                    object_store_memory=200 * 1024 * 1024,
+                    **dash,
+                    **kwargs,
+                )
+                dashboard = ctx.dashboard_url if self.settings.dashboard else None
+                self._ray_started_here = True
+        self.runtime.ray_address = ray.get_runtime_context().gcs_address
+        self.runtime.ray_started_here = self._ray_started_here
+        self.runtime.namespace = NAMESPACE
+        if dashboard:
+            self.runtime.dashboard_url = dashboard if dashboard.startswith("http") else f"http://{dashboard}"
 
-        kwargs: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": True}
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(
-                address="local",  # always a new local instance, never a stray `ray start` cluster
-                include_dashboard=False,
-                object_store_memory=200 * 1024 * 1024,
-                **kwargs,
-            )
-            self._ray_started_here = True
-
-    def _start_actors(self, dsn: str) -> None:
+    def _start_actors(self, dsn: str) -> int:
         import ray
 
         from actors.deployment import DeploymentActor
@@ -194,6 +279,7 @@ class ControlPlane:
         dep = DeploymentActor.options(**actor_options(DEPLOYMENTS)).remote(cfg)  # type: ignore[attr-defined]
         ray.get(dep.ready.remote(), timeout=120)
         log.info("actors ready: inventory, deployments, %d pool(s)", len(pools))
+        return len(pools)
 
     def _start_serve(self) -> None:
         from ray import serve
@@ -222,22 +308,6 @@ class ControlPlane:
                 time.sleep(0.2)
         raise RuntimeError(f"API did not become healthy at {url}: {last}")
 
-    def _write_runtime(self, dsn: str, rurl: str) -> None:
-        info = {
-            "pid": os.getpid(),
-            "api_url": self.api_url,
-            "data_url": self.data_url,
-            "postgres_embedded": self._pg is not None,
-            "redis_embedded": self._redis is not None,
-            "redis_url": rurl if self._redis is not None else None,
-            "started_at": time.time(),
-        }
-        path = self.settings.runtime_file
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-
     def stop(self) -> None:
         """Stop what this process started. Nodes keep running unless keep_nodes is False."""
         import ray
@@ -253,7 +323,7 @@ class ControlPlane:
             self._redis.stop()
         if self._pg:
             self._pg.stop()
-        with_suppress_unlink(self.settings.runtime_file)
+        runtime_file.remove(self.settings.data_dir, pid=os.getpid())
 
     def _stop_actors(self) -> None:
         import ray
@@ -299,11 +369,4 @@ def with_suppress_kill(name: str) -> None:
     try:
         ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
     except Exception:
-        pass
-
-
-def with_suppress_unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
         pass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,8 +12,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from controller import cli_commands
-from controller.config import load_settings
+from controller import cli_commands, startup
+from controller.config import Settings, load_settings
 
 app = typer.Typer(help="inferia-orchestration: the control plane for LLM endpoints on Ray.", no_args_is_help=True)
 console = Console()
@@ -30,113 +29,111 @@ def up(
         bool,
         typer.Option(help="On stop, leave the nodes (engine processes) running for the next `up` to adopt"),
     ] = False,
+    dashboard: Annotated[
+        bool,
+        typer.Option(help="Start the Ray dashboard on 127.0.0.1:8265 (INFERIA_DASHBOARD_PORT) with a local Ray"),
+    ] = True,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Print the full logs here too (they always go to the log file)")
+    ] = False,
 ) -> None:
     """Start the control plane (embedded PostgreSQL and Redis unless POSTGRES_DSN / REDIS_HOST are set)."""
-    import logging
-
-    from actors.runtime import setup_logging
-    from controller.boot import ControlPlane
+    from controller import runtime_file
 
     settings = load_settings()
     if address:
         settings.ray_address = address
+    if not dashboard:
+        settings.dashboard = False
     if detach:
-        _detach(settings, address, keep_nodes)
+        _detach(settings, address, keep_nodes, dashboard)
         return
-    setup_logging(settings.log_level)
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    cp = ControlPlane(settings, keep_nodes=keep_nodes)
-    stopping = False
-
-    def _stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        if stopping:
-            return
-        stopping = True
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        cp.start()
-        signal.signal(signal.SIGTERM, _stop)  # ray.init installs its own handler: ours must win
-        console.print(f"[green]inferia-orchestration is up[/green] at {cp.api_url} (docs: {cp.api_url}/docs)")
-        parts = ", ".join(f"{k} {v:.1f}s" for k, v in cp.timings.items() if k != "total_s")
-        console.print(f"started in {cp.timings['total_s']:.1f}s ({parts})")
-        if cp.token_created and not os.environ.get("INFERIA_DETACHED_CHILD"):
-            console.print(
-                f"admin API token (shown once; stored 0600 in {settings.data_dir}/api_token):\n  {cp.api_token}"
-            )
-        console.print("Ctrl-C stops everything this process started.", style="dim")
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        console.print("stopping ...")
-    finally:
-        cp.stop()
-        console.print("stopped")
-
-
-def _detach(settings: object, address: str | None, keep_nodes: bool) -> None:
-    from controller.config import Settings
-
-    assert isinstance(settings, Settings)
     settings.ensure_data_dir()
-    log_path = settings.data_dir / "up.log"
-    settings.runtime_file.unlink(missing_ok=True)  # a stale file from a crashed run must not look like "up"
+    try:  # first thing: `down` must find this process from now on, not a crashed predecessor
+        runtime_file.claim(settings.data_dir)
+    except runtime_file.AlreadyRunning as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    startup.run(settings, keep_nodes=keep_nodes, verbose=verbose, term=console)
+
+
+def _detach(settings: Settings, address: str | None, keep_nodes: bool, dashboard: bool) -> None:
+    from controller import runtime_file
     from controller.boot import token_file
 
+    settings.ensure_data_dir()
+    current = runtime_file.live(settings.data_dir, require_up_command=False)
+    if current is not None:
+        console.print(f"[red]error:[/red] {runtime_file.AlreadyRunning(current[0])}", soft_wrap=True)
+        raise typer.Exit(1)
+    log_path = settings.data_dir / "up.log"
     had_token = settings.api_token is not None or token_file(settings).exists()
     cmd = [sys.executable, "-m", "controller.cli", "up"]
     if address:
         cmd += ["--address", address]
     if keep_nodes:
         cmd.append("--keep-nodes")
+    if not dashboard:
+        cmd.append("--no-dashboard")
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     env = dict(os.environ, INFERIA_DETACHED_CHILD="1")  # the child never prints the token into its log
     with os.fdopen(fd, "ab") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            console.print(f"[red]error:[/red] the control plane exited; see {log_path}")
+    with console.status("starting the control plane in the background ...", spinner="dots"):
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                console.print(f"[red]error:[/red] the control plane exited; see {log_path}")
+                raise typer.Exit(1)
+            info = runtime_file.read(settings.data_dir)
+            if info is not None and info.pid == proc.pid and info.state == runtime_file.RUNNING:
+                break
+            time.sleep(0.5)
+        else:
+            console.print(f"[red]error:[/red] not up after 300 s; see {log_path}")
             raise typer.Exit(1)
-        if settings.runtime_file.exists() and json.loads(settings.runtime_file.read_text()).get("pid") == proc.pid:
-            console.print(f"[green]inferia-orchestration is up[/green] (pid {proc.pid}); logs: {log_path}")
-            if not had_token and token_file(settings).exists():
-                console.print(
-                    f"admin API token (shown once; stored 0600 in {token_file(settings)}):\n  "
-                    + token_file(settings).read_text().strip()
-                )
-            return
-        time.sleep(0.5)
-    console.print(f"[red]error:[/red] not up after 300 s; see {log_path}")
-    raise typer.Exit(1)
+    token = None
+    if not had_token and token_file(settings).exists():
+        token = token_file(settings).read_text().strip()
+    console.print(f"[green]inferia-orchestration is up[/green] in the background (pid {proc.pid})")
+    startup.print_ready(console, info, settings, token, output=log_path)
 
 
 @app.command()
 def down(timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean stop")] = 120.0) -> None:
-    """Stop a control plane started with `up` (in another terminal or with --detach)."""
+    """Stop the control plane of this data dir (started with `up`, in another terminal or with --detach)."""
+    from controller import runtime_file
+
     settings = load_settings()
-    path = settings.runtime_file
-    if not path.exists():
+    info = runtime_file.read(settings.data_dir)
+    if info is None:
         console.print("nothing is running (no runtime file in the data dir)")
         return
-    pid = int(json.loads(path.read_text())["pid"])
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        path.unlink(missing_ok=True)
-        console.print("the control plane was not running; cleaned up")
+    proc = runtime_file.owner_alive(info)
+    if proc is None:
+        other = runtime_file.owner_alive(info, require_up_command=False)
+        if other is not None:  # a control plane embedded in another program: not ours to signal
+            console.print(
+                f"[red]error:[/red] the runtime file names pid {info.pid}, which is not an `inferia-orch up` "
+                "process; nothing was signalled",
+                soft_wrap=True,
+            )
+            raise typer.Exit(1)
+        runtime_file.remove(settings.data_dir, pid=info.pid)
+        console.print(
+            f"the control plane was not running (pid {info.pid} has exited or is another process now); "
+            "removed the stale runtime file; nothing was signalled"
+        )
         return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            console.print("stopped")
-            return
-        time.sleep(0.2)
-    console.print(f"[red]error:[/red] process {pid} still running after {timeout:.0f}s")
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    with console.status(f"stopping the control plane (pid {info.pid}) ...", spinner="dots"):
+        while time.monotonic() - t0 < timeout:
+            if runtime_file.owner_alive(info) is None:
+                console.print(f"stopped (in {time.monotonic() - t0:.1f}s)")
+                return
+            time.sleep(0.1)
+    console.print(f"[red]error:[/red] process {info.pid} still running after {timeout:.0f}s")
     raise typer.Exit(1)
 
 

@@ -240,7 +240,7 @@ def status() -> None:
 
 
 # ---------------------------------------------------------------- pools
-pools_app = typer.Typer(help="Create, list, scale and delete pools of nodes.", no_args_is_help=True)
+pools_app = typer.Typer(help="Create, list, scale, update and delete pools of nodes.", no_args_is_help=True)
 
 
 @pools_app.command("create")
@@ -291,6 +291,57 @@ def pools_scale(
     created = pool.get("created_nodes")
     extra = f"; provisioning {len(created)} new node(s)" if isinstance(created, list) and created else ""
     out.print(f"pool [bold]{_s(pool.get('name'))}[/bold] target_nodes={pool.get('target_nodes')}{extra}")
+
+
+@pools_app.command("update")
+@handle_errors
+def pools_update(
+    name: Annotated[str, typer.Argument(help="Pool name or id")],
+    max_nodes: Annotated[int | None, typer.Option(help="Upper bound on nodes")] = None,
+    min_nodes: Annotated[int | None, typer.Option(help="Nodes kept at all times")] = None,
+    target_nodes: Annotated[int | None, typer.Option(help="Idle nodes wanted")] = None,
+    max_cost_per_hour: Annotated[float | None, typer.Option(help="Cost ceiling of the pool's nodes")] = None,
+    no_cost_limit: Annotated[bool, typer.Option("--no-cost-limit", help="Remove max_cost_per_hour")] = False,
+    gpu_type: Annotated[
+        list[str] | None,
+        typer.Option("--gpu-type", help="Allowed GPU type (repeatable; replaces the list)"),
+    ] = None,
+    any_gpu: Annotated[bool, typer.Option("--any-gpu", help="Allow every GPU type (empty list)")] = False,
+    config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--config",
+            metavar="KEY=VALUE",
+            help="Provider config entry that can change live (repeatable; `KEY=null` removes it)",
+        ),
+    ] = None,
+) -> None:
+    """Change a pool's limits while it runs (checked against the nodes it runs now)."""
+    if max_cost_per_hour is not None and no_cost_limit:
+        raise typer.BadParameter("give --max-cost-per-hour or --no-cost-limit, not both")
+    if gpu_type and any_gpu:
+        raise typer.BadParameter("give --gpu-type or --any-gpu, not both")
+    fields: dict[str, Any] = _drop_unset({"max_nodes": max_nodes, "min_nodes": min_nodes, "target_nodes": target_nodes})
+    if max_cost_per_hour is not None or no_cost_limit:
+        fields["max_cost_per_hour"] = max_cost_per_hour
+    if gpu_type or any_gpu:
+        fields["allowed_gpu_types"] = list(gpu_type or [])
+    if config:
+        fields["provider_config"] = _parse_pairs(config, "config", as_json=True)
+    if not fields:
+        raise typer.BadParameter("nothing to change: give at least one option (see --help)")
+    with client() as c:
+        pool = c.update_pool(name, **fields)
+    cost = pool.get("max_cost_per_hour")
+    out.print(
+        f"pool [bold]{_s(pool.get('name'))}[/bold] min_nodes={pool.get('min_nodes')} "
+        f"target_nodes={pool.get('target_nodes')} max_nodes={pool.get('max_nodes')} "
+        f"max_cost_per_hour={'none' if cost is None else cost}"
+    )
+
+
+def _drop_unset(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 @pools_app.command("delete")

@@ -266,6 +266,11 @@ class _Api(Generic[R]):
         """A pool by name or id (with its live node count)."""
         return self._call("GET", f"/v1/pools/{_seg(ref)}")
 
+    def update_pool(self, ref: str, **fields: Any) -> R:
+        """PATCH /v1/pools/{ref}: min_nodes, max_nodes, target_nodes, max_cost_per_hour (None: no limit),
+        allowed_gpu_types, provider_config (entries merged; a None value removes one). Only given fields change."""
+        return self._call("PATCH", f"/v1/pools/{_seg(ref)}", json=fields)
+
     def delete_pool(self, ref: str) -> R:
         return self._call("DELETE", f"/v1/pools/{_seg(ref)}")
 
@@ -277,6 +282,20 @@ class _Api(Generic[R]):
         return self._call("GET", f"/v1/pools/{_seg(ref)}/nodes", params=params)
 
     # ------------------------------------------------------------ nodes
+    def list_nodes(
+        self,
+        *,
+        state: str | None = None,
+        pool: str | None = None,
+        deployment: str | None = None,
+        q: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> R:
+        """GET /v1/nodes: one page {"items", "total", "limit", "offset"}; state: comma-separated or `all`."""
+        params = _drop_none({"state": state, "pool": pool, "deployment": deployment, "q": q})
+        return self._call("GET", "/v1/nodes", params=params | {"limit": limit, "offset": offset})
+
     def get_node(self, node_id: str) -> R:
         return self._call("GET", f"/v1/nodes/{_seg(node_id)}")
 
@@ -289,6 +308,20 @@ class _Api(Generic[R]):
     def node_logs(self, node_id: str, tail: int = 100) -> R:
         """{"node_id": ..., "lines": [...]}."""
         return self._call("GET", f"/v1/nodes/{_seg(node_id)}/logs", params={"tail": tail})
+
+    # ------------------------------------------------------------ events
+    def events(
+        self,
+        *,
+        limit: int = 100,
+        before: int | None = None,
+        entity_id: str | None = None,
+        entity_type: str | None = None,
+        kind: str | None = None,
+    ) -> R:
+        """GET /v1/events, newest first: {"items", "next_before"} (pass next_before as `before` to page back)."""
+        params = _drop_none({"before": before, "entity_id": entity_id, "entity_type": entity_type, "kind": kind})
+        return self._call("GET", "/v1/events", params=params | {"limit": limit})
 
     # ------------------------------------------------------------ providers
     def providers(self) -> R:

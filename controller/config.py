@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     api_host: str = Field(default="127.0.0.1", validation_alias="INFERIA_API_HOST")
     api_port: int = Field(default=8000, ge=1, le=65535, validation_alias="INFERIA_API_PORT")
     api_token: SecretStr | None = Field(default=None, validation_alias="INFERIA_API_TOKEN")
+    # the Fernet key of the deployment keys at rest; unset: <data dir>/master_key (created 0600 on first start)
+    master_key: SecretStr | None = Field(default=None, validation_alias="INFERIA_MASTER_KEY")
+    # GET /metrics without a token for clients on loopback (a local Prometheus); off: a metrics token is needed
+    metrics_open_on_loopback: bool = Field(default=False, validation_alias="INFERIA_METRICS_OPEN_ON_LOOPBACK")
     # Serve direct ingress: the API replica also serves HTTP itself on this port (no proxy hop); node agents
     # send heartbeats there. Default: api_port + 1. Only with a Ray that `up` starts itself.
     direct_ingress: bool = Field(default=True, validation_alias="INFERIA_DIRECT_INGRESS")
@@ -38,7 +42,16 @@ class Settings(BaseSettings):
     # how long a node may stay in `provisioning` without a ready heartbeat before it is failed
     provision_timeout_s: float = Field(default=600.0, gt=0, validation_alias="INFERIA_PROVISION_TIMEOUT_S")
     reconcile_interval_s: float = Field(default=1.0, gt=0, validation_alias="INFERIA_RECONCILE_INTERVAL_S")
+    # a draining node (scale-down, replacement, pool scale, API drain) is deprovisioned once no request is in
+    # flight for it, or after this long
+    drain_timeout_s: float = Field(default=30.0, ge=0, le=86400, validation_alias="INFERIA_DRAIN_TIMEOUT_S")
+    # retention: events older than this are deleted; rows of terminated nodes this long after their end
+    events_retention_s: float = Field(default=7 * 86400.0, gt=0, validation_alias="INFERIA_EVENTS_RETENTION_S")
+    terminated_retention_s: float = Field(default=86400.0, gt=0, validation_alias="INFERIA_TERMINATED_RETENTION_S")
     ray_address: str | None = Field(default=None, validation_alias="RAY_ADDRESS")
+    # the Ray dashboard of a Ray that `up` starts itself, always on 127.0.0.1 (`up --no-dashboard`: off)
+    dashboard: bool = Field(default=True, validation_alias="INFERIA_DASHBOARD")
+    dashboard_port: int = Field(default=8265, ge=1, le=65535, validation_alias="INFERIA_DASHBOARD_PORT")
     # 0: one Ray actor (process, ~60 MiB) per pool; N: N pool-host actors share all pools (many pools)
     pool_hosts: int = Field(default=0, ge=0, le=1024, validation_alias="INFERIA_POOL_HOSTS")
     # public URL that node agents use to reach the API (defaults to http://api_host:api_port)

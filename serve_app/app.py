@@ -6,10 +6,12 @@ import asyncio
 import json
 import re
 import socket
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request
+from fastapi.staticfiles import StaticFiles
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -20,6 +22,7 @@ from serve_app.errors import ApiError
 
 API_DEPLOYMENT = "inferia-api"
 APP_NAME = "inferia"
+UI_DIR = Path(__file__).resolve().parent / "ui"
 
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -114,6 +117,8 @@ def create_app(ctx: AppContext | None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.include_router(routes_admin.router)
     app.include_router(routes_data.router)
+    # the web console: static files only (no data without the admin token, which the page asks for)
+    app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
     return app
 
 

@@ -14,6 +14,8 @@ from actors.runtime import DEPLOYMENTS, INVENTORY, RuntimeConfig, call, get_acto
 from actors.storage import Store
 from serve_app.batcher import MicroBatcher
 from serve_app.errors import ApiError
+from serve_app.live_nodes import LiveNodes
+from serve_app.metrics import ReplicaMetrics
 from serve_app.proxy import InferenceProxy
 from serve_app.routing_cache import RoutingCache
 
@@ -37,6 +39,8 @@ class AppContext:
         self._keys: dict[str, tuple[str, str, float]] = {}  # deployment_id -> (key, hash, fetched_at)
         self.proxy = InferenceProxy(self.routing, self.inference_key)
         self.counters = Counters()
+        self.live_nodes = LiveNodes(self._all_nodes)  # the inventory's view, shared for ~1 s (console, /metrics)
+        self.metrics = ReplicaMetrics(self._metrics_snapshot)
         self._start_lock: asyncio.Lock | None = None
         self.started = False
 
@@ -68,6 +72,14 @@ class AppContext:
 
     def pool_actor(self, pool_id: str) -> Any:
         return get_pool_actor(pool_id, self.cfg)
+
+    async def _all_nodes(self) -> list[dict[str, Any]]:
+        return await call(self.inventory().nodes.remote(), 30)  # type: ignore[no-any-return]
+
+    async def _metrics_snapshot(self) -> Any:
+        from serve_app.metrics_source import read_snapshot
+
+        return await read_snapshot(self)
 
     async def _poll_routing(self, version: int, timeout_s: float) -> dict[str, Any]:
         # from_ingress: a (re)started inventory learns that heartbeats can reach it (and starts its sweep)

@@ -17,13 +17,13 @@ from actors.records import (
     new_secret,
 )
 from actors.runtime import call
-from actors.states import DEPLOYMENT_ACTIVE, DEPLOYMENT_DELETABLE, NODE_ALIVE, DeploymentState, PoolState
+from actors.states import DEPLOYMENT_ACTIVE, DEPLOYMENT_DELETABLE, NODE_ALIVE, DeploymentState, NodeState, PoolState
 from actors.storage import ConflictError, DuplicateError, Store
 from adapters.base import PermanentProviderError, ProviderError
 from adapters.registry import available, get_adapter_class
 from serve_app.context import AppContext, require_admin
 from serve_app.errors import ApiError, not_found
-from serve_app.schemas import DeploymentCreate, DeploymentPatch, ModelCreate, PoolCreate, PoolScale
+from serve_app.schemas import DeploymentCreate, DeploymentPatch, ModelCreate, PoolCreate, PoolPatch, PoolScale
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
 D = DeploymentState
@@ -82,7 +82,17 @@ async def create_pool(body: PoolCreate, request: Request) -> dict[str, Any]:
 
 @router.get("/pools")
 async def list_pools(request: Request) -> list[dict[str, Any]]:
-    return [_pool_out(p) for p in await store_of(request).list_pools()]
+    """Every pool with `nodes` (alive) and `cost_per_hour` (their summed price), from one grouped query."""
+    store = store_of(request)
+    nodes: dict[str, int] = {}
+    cost: dict[str, float] = {}
+    for u in await store.pool_usage():
+        nodes[u["pool_id"]] = nodes.get(u["pool_id"], 0) + int(u["nodes"])
+        cost[u["pool_id"]] = cost.get(u["pool_id"], 0.0) + float(u["cost"] or 0.0)
+    return [
+        _pool_out(p) | {"nodes": nodes.get(p.id, 0), "cost_per_hour": round(cost.get(p.id, 0.0), 6)}
+        for p in await store.list_pools()
+    ]
 
 
 @router.get("/pools/{ref}")
@@ -107,6 +117,64 @@ async def delete_pool(ref: str, request: Request) -> dict[str, Any]:
     actor.delete_pool.remote()  # runs in the background; the pool goes 'deleting' -> 'deleted'
     await store.set_pool_state(pool.id, PoolState.DELETING, [PoolState.ACTIVE])
     return {"id": pool.id, "state": str(PoolState.DELETING)}
+
+
+# provider_config entries every pool can change while it runs (the pool reads them at each use); an adapter
+# class may name more in `live_config_keys`
+LIVE_CONFIG_KEYS = frozenset({"cleanup_orphans"})
+
+
+@router.patch("/pools/{ref}")
+async def patch_pool(ref: str, body: PoolPatch, request: Request) -> dict[str, Any]:
+    """Change a running pool's limits and live provider settings; checked against the nodes it runs."""
+    store = store_of(request)
+    pool = await _pool(store, ref)
+    if pool.state != PoolState.ACTIVE:
+        raise ApiError(409, "pool_not_active", f"pool {pool.name!r} is {pool.state}")
+    given = body.model_dump(exclude_unset=True)
+    for key, value in given.items():
+        if value is None and key != "max_cost_per_hour":  # null: no cost limit; elsewhere meaningless
+            raise ApiError(422, "invalid_request", f"{key}: must not be null", key)
+    changes: dict[str, Any] = {k: v for k, v in given.items() if k != "provider_config"}
+    lo = changes.get("min_nodes", pool.min_nodes)
+    hi = changes.get("max_nodes", pool.max_nodes)
+    if lo > hi:
+        field = "min_nodes" if "min_nodes" in changes else "max_nodes"
+        raise ApiError(422, "invalid_request", f"{field}: min_nodes ({lo}) must be <= max_nodes ({hi})", field)
+    if changes.get("target_nodes", pool.target_nodes) > hi:
+        field = "target_nodes" if "target_nodes" in changes else "max_nodes"
+        target = changes.get("target_nodes", pool.target_nodes)
+        raise ApiError(422, "invalid_request", f"{field}: target_nodes ({target}) must be <= max_nodes ({hi})", field)
+    if "provider_config" in given:
+        cls = get_adapter_class(pool.provider)
+        live = LIVE_CONFIG_KEYS | frozenset(getattr(cls, "live_config_keys", ()))
+        merged = dict(pool.provider_config)
+        for key, value in given["provider_config"].items():
+            if key not in live:
+                raise ApiError(
+                    422,
+                    "invalid_request",
+                    f"provider_config.{key}: cannot change on a running pool (changeable: {', '.join(sorted(live))})",
+                    f"provider_config.{key}",
+                )
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        try:
+            changes["provider_config"] = cls.validate_config(merged)
+        except (ValueError, TypeError) as exc:
+            raise ApiError(422, "invalid_request", f"provider_config: {exc}", "provider_config") from exc
+    if not changes:
+        return _pool_out(pool)
+    # the pool checks the change against the nodes it runs (under its lock) and applies it; then the row
+    answer = await call(ctx_of(request).pool_actor(pool.id).update_config.remote(changes), 60)
+    if not answer["ok"]:
+        raise ApiError(409, "pool_conflict", answer["message"], answer["field"])
+    updated = await store.update_pool(pool.id, changes)
+    if updated is None:  # deleted meanwhile; the pool's next tick takes its settings from the row again
+        raise ApiError(409, "pool_not_active", f"pool {pool.name!r} is no longer active")
+    return _pool_out(updated)
 
 
 @router.post("/pools/{ref}/scale", status_code=202)
@@ -137,6 +205,51 @@ async def pool_nodes(ref: str, request: Request, all: bool = False) -> list[dict
 
 
 # ---------------------------------------------------------------- nodes
+_LIVE_FIELDS = ("state", "health_score", "seconds_since_heartbeat", "reason", "engine_ready")
+
+
+@router.get("/nodes")
+async def list_nodes(
+    request: Request,
+    state: str | None = Query(None, max_length=200, description="comma-separated states, or `all`"),
+    pool: str | None = Query(None, max_length=128, description="pool name or id"),
+    deployment: str | None = Query(None, max_length=128),
+    q: str | None = Query(None, max_length=128, description="substring of the node id or endpoint"),
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=10_000_000),
+) -> dict[str, Any]:
+    """One page of nodes (oldest first) with the inventory's live state; `total` counts every match."""
+    store = store_of(request)
+    states: list[NodeState] | None = list(NODE_ALIVE)
+    if state:
+        if state == "all":
+            states = None
+        else:
+            try:
+                states = [NodeState(s.strip()) for s in state.split(",") if s.strip()]
+            except ValueError as exc:
+                names = ", ".join(str(s) for s in NodeState)
+                raise ApiError(422, "invalid_request", f"state: must be `all` or some of {names}", "state") from exc
+    pool_id = None
+    if pool is not None:
+        p = await store.get_pool(pool)
+        if p is None:
+            raise ApiError(404, "pool_not_found", f"pool {pool!r} not found", "pool")
+        pool_id = p.id
+    recs, total = await store.page_nodes(
+        pool_id=pool_id, states=states, deployment_id=deployment, search=q, limit=limit, offset=offset
+    )
+    live = await ctx_of(request).live_nodes.get()
+    items = []
+    for rec in recs:
+        d = rec.public()
+        view = live.get(rec.id)
+        if view:
+            d.update({k: view.get(k) for k in _LIVE_FIELDS})
+        items.append(d)
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
 async def _node(request: Request, node_id: str) -> dict[str, Any]:
     rec = await store_of(request).get_node(node_id)
     if rec is None:
@@ -159,6 +272,7 @@ async def drain_node(node_id: str, request: Request) -> dict[str, Any]:
     if node["state"] in ("terminated", "failed"):
         raise ApiError(409, "node_not_alive", f"node {node_id} is {node['state']}")
     await call(ctx_of(request).pool_actor(node["pool_id"]).drain_node.remote(node_id, "drained by request"), 30)
+    ctx_of(request).live_nodes.invalidate()
     return {"id": node_id, "state": "draining"}
 
 
@@ -168,6 +282,7 @@ async def delete_node(node_id: str, request: Request) -> dict[str, Any]:
     if node["state"] == "terminated":
         return {"id": node_id, "state": "terminated"}
     await call(ctx_of(request).pool_actor(node["pool_id"]).terminate_node.remote(node_id, "deleted by request"), 30)
+    ctx_of(request).live_nodes.invalidate()
     return {"id": node_id, "state": "draining"}
 
 
@@ -176,6 +291,32 @@ async def node_logs(node_id: str, request: Request, tail: int = Query(100, ge=1,
     node = await _node(request, node_id)
     lines = await call(ctx_of(request).pool_actor(node["pool_id"]).get_logs.remote(node_id, tail), 30)
     return {"node_id": node_id, "lines": lines}
+
+
+# ---------------------------------------------------------------- events
+@router.get("/events")
+async def list_events(
+    request: Request,
+    limit: int = Query(100, ge=1, le=1000),
+    before: int | None = Query(None, ge=1, le=2**63 - 1, description="page back: events with a smaller id"),
+    entity_id: str | None = Query(None, max_length=128),
+    entity_type: str | None = Query(None, pattern="^(pool|node|deployment)$"),
+    kind: str | None = Query(None, max_length=64, description="prefix of the kind, e.g. `node.`"),
+) -> dict[str, Any]:
+    """Recent lifecycle events, newest first; `next_before` pages back (null at the oldest)."""
+    rows = await store_of(request).list_events(entity_id, limit, before=before, entity_type=entity_type, kind=kind)
+    items = [
+        {
+            "id": r["id"],
+            "at": r["at"].isoformat() if r["at"] else None,
+            "kind": r["kind"],
+            "entity_type": r["entity_type"],
+            "entity_id": r["entity_id"],
+            "data": r["data"],
+        }
+        for r in rows
+    ]
+    return {"items": items, "next_before": items[-1]["id"] if len(items) == limit else None}
 
 
 # ---------------------------------------------------------------- providers

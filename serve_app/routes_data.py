@@ -6,10 +6,9 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import PlainTextResponse
 from pydantic import ValidationError
 
-from actors.runtime import DEPLOYMENTS, INVENTORY, call, get_actor
+from serve_app import metrics as metrics_mod
 from serve_app.context import AppContext, bearer, require_admin
 from serve_app.errors import ApiError
 from serve_app.schemas import HeartbeatIn
@@ -59,6 +58,7 @@ async def heartbeat(request: Request) -> Any:
         beats = [_parse_beat(it, f"heartbeats.{i}").to_core(token) for i, it in enumerate(items)]
         ctx.counters.heartbeat_requests += 1
         results = await ctx.heartbeats.submit_many(beats)
+        metrics_mod.observe_heartbeats(st for st, _, _ in results)
         return {
             "interval_s": ctx.cfg.heartbeat_interval_s,
             "results": [
@@ -71,6 +71,7 @@ async def heartbeat(request: Request) -> Any:
         raise ApiError(401, "unauthorized", "missing node token (Authorization: Bearer <node token>)")
     ctx.counters.heartbeat_requests += 1
     status, node_id, msg = await ctx.heartbeats.submit(hb.to_core(token))
+    metrics_mod.observe_heartbeats((status,))
     if status != 200:
         raise ApiError(status, _HB_CODES.get(status, "error"), msg or "refused")
     return {"ok": True, "node_id": node_id, "interval_s": ctx.cfg.heartbeat_interval_s}
@@ -165,73 +166,7 @@ async def healthz(request: Request) -> dict[str, Any]:
     return {"status": "ok", "routing_version": ctx.routing.version}
 
 
-def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
-    if labels:
-        lab = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        return f"{name}{{{lab}}} {value}"
-    return f"{name} {value}"
-
-
-def timing_lines(inv: dict[str, Any]) -> list[str]:
-    """Gauges for the inventory's health sweep and routing-table rebuild (last and recent maximum)."""
-    out: list[str] = []
-    for name, key, what in (
-        ("inferia_inventory_sweep_seconds", "sweep", "the health sweep's scan for missed heartbeats"),
-        ("inferia_routing_rebuild_seconds", "rebuild", "a routing-table rebuild"),
-    ):
-        out += [
-            f"# HELP {name} Duration of the last run of {what}.",
-            f"# TYPE {name} gauge",
-            _line(name, round(float(inv.get(f"{key}_last_s", 0.0)), 6)),
-            f"# HELP {name}_max Longest run of {what} in the last 1-2 minutes.",
-            f"# TYPE {name}_max gauge",
-            _line(f"{name}_max", round(float(inv.get(f"{key}_max_s", 0.0)), 6)),
-        ]
-    return out
-
-
 @router.get("/metrics")
-async def metrics(request: Request) -> PlainTextResponse:
-    """Prometheus text format."""
-    ctx = ctx_of(request)
-    assert ctx.store is not None
-    inv = await call(get_actor(INVENTORY).stats.remote(), 10)
-    dep_stats = await call(get_actor(DEPLOYMENTS).stats.remote(), 10)
-    rows = await ctx.store.pool.fetch("SELECT state, count(*) AS n FROM model_deployments GROUP BY state")
-    out = [
-        "# HELP inferia_nodes Nodes by state.",
-        "# TYPE inferia_nodes gauge",
-        *[_line("inferia_nodes", n, {"state": s}) for s, n in sorted(inv["nodes_by_state"].items())],
-        "# HELP inferia_deployments Deployments by state.",
-        "# TYPE inferia_deployments gauge",
-        *[_line("inferia_deployments", r["n"], {"state": r["state"]}) for r in rows],
-        "# HELP inferia_heartbeats_total Heartbeats accepted by the inventory.",
-        "# TYPE inferia_heartbeats_total counter",
-        _line("inferia_heartbeats_total", inv["heartbeats_total"]),
-        "# HELP inferia_heartbeat_requests_total Heartbeat HTTP requests received by this replica.",
-        "# TYPE inferia_heartbeat_requests_total counter",
-        _line("inferia_heartbeat_requests_total", ctx.counters.heartbeat_requests),
-        "# HELP inferia_heartbeat_batches_total Inventory calls made for heartbeats by this replica.",
-        "# TYPE inferia_heartbeat_batches_total counter",
-        _line("inferia_heartbeat_batches_total", ctx.heartbeats.batches),
-        "# HELP inferia_routing_version Current routing table version.",
-        "# TYPE inferia_routing_version gauge",
-        _line("inferia_routing_version", inv["routing_version"]),
-        "# HELP inferia_health_sweep_ms Duration of the last health sweep.",
-        "# TYPE inferia_health_sweep_ms gauge",
-        _line("inferia_health_sweep_ms", round(inv["sweep_ms"], 3)),
-        *timing_lines(inv),
-        "# HELP inferia_reconcile_ms Duration of the last deployment reconcile.",
-        "# TYPE inferia_reconcile_ms gauge",
-        _line("inferia_reconcile_ms", round(dep_stats["last_reconcile_ms"], 3)),
-        "# HELP inferia_reconciles_total Deployment reconcile rounds.",
-        "# TYPE inferia_reconciles_total counter",
-        _line("inferia_reconciles_total", dep_stats["reconciles"]),
-        "# HELP inferia_proxy_requests_total Inference requests proxied by this replica.",
-        "# TYPE inferia_proxy_requests_total counter",
-        _line("inferia_proxy_requests_total", ctx.proxy.requests_total),
-        "# HELP inferia_redis_up Whether the last publish to Redis succeeded.",
-        "# TYPE inferia_redis_up gauge",
-        _line("inferia_redis_up", 1 if inv["redis_healthy"] else 0),
-    ]
-    return PlainTextResponse("\n".join(out) + "\n", media_type="text/plain; version=0.0.4")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format, rendered by prometheus_client from this replica's registry (serve_app/metrics.py)."""
+    return Response(await ctx_of(request).metrics.render(), media_type=metrics_mod.CONTENT_TYPE)

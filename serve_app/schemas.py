@@ -107,6 +107,32 @@ class PoolScale(Strict):
     target_nodes: int = Field(ge=0, le=10_000)
 
 
+class PoolPatch(Strict):
+    """PATCH /v1/pools/{ref}: only the fields given change; provider_config entries are merged (null removes one)."""
+
+    min_nodes: int | None = Field(default=None, ge=0, le=10_000)
+    max_nodes: int | None = Field(default=None, ge=0, le=10_000)
+    target_nodes: int | None = Field(default=None, ge=0, le=10_000)
+    max_cost_per_hour: float | None = Field(default=None, ge=0)
+    allowed_gpu_types: list[str] | None = Field(default=None, max_length=100)
+    provider_config: dict[str, Any] | None = None
+
+    @field_validator("provider_config")
+    @classmethod
+    def _finite(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        hit = None if v is None else _find_non_finite(v, "provider_config")
+        if hit is not None:
+            raise ValueError(f"{hit}: must be a finite number")
+        return v
+
+    @field_validator("allowed_gpu_types")
+    @classmethod
+    def _gpu_types(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and any(not t or len(t) > 64 for t in v):
+            raise ValueError("each GPU type must be 1-64 characters")
+        return v
+
+
 class ModelCreate(Strict):
     name: str
     engine: EngineName

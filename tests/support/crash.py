@@ -98,7 +98,7 @@ class ControlPlaneProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"`up` exited with {self.proc.returncode}:\n{self.log_tail()}")
             self.remember()
-            if runtime.exists() and _read_pid(runtime) == self.proc.pid and self.healthy():
+            if runtime.exists() and _read_pid(runtime) == (self.proc.pid, "running") and self.healthy():
                 return
             time.sleep(0.5)
         raise AssertionError(f"`up` not healthy in time:\n{self.log_tail()}")
@@ -274,8 +274,10 @@ def _signal(pids: Iterable[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def _read_pid(path: Path) -> int | None:
+def _read_pid(path: Path) -> tuple[int, str] | None:
+    """(pid, state) that `up` recorded; the state is `starting` until the API answers, then `running`."""
     try:
-        return int(json.loads(path.read_text())["pid"])
+        data = json.loads(path.read_text())
+        return int(data["pid"]), str(data.get("state"))
     except (OSError, ValueError, KeyError, TypeError):
         return None

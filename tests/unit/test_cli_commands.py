@@ -126,6 +126,40 @@ def test_pools_create_sends_fields(app: typer.Typer, monkeypatch: pytest.MonkeyP
     }
 
 
+def test_pools_update_sends_only_given_fields(app: typer.Typer, monkeypatch: pytest.MonkeyPatch) -> None:
+    answer = POOL | {"max_nodes": 10, "min_nodes": 1, "max_cost_per_hour": None}
+    api = fake(monkeypatch, lambda req: httpx.Response(200, json=answer))
+    result = invoke(
+        app, "pools", "update", "gpu-pool", "--max-nodes", "10", "--min-nodes", "1", "--no-cost-limit",
+        "--gpu-type", "A100", "--gpu-type", "H100", "--config", "cleanup_orphans=false",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert api.calls() == ["PATCH /v1/pools/gpu-pool"]
+    assert json.loads(api.requests[0].content) == {
+        "max_nodes": 10,
+        "min_nodes": 1,
+        "max_cost_per_hour": None,
+        "allowed_gpu_types": ["A100", "H100"],
+        "provider_config": {"cleanup_orphans": False},
+    }
+    assert "max_nodes=10" in result.output and "max_cost_per_hour=none" in result.output
+
+
+def test_pools_update_conflict_names_the_field(app: typer.Typer, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = {"code": "pool_conflict", "message": "max_nodes: the pool runs 3 nodes now", "field": "max_nodes"}
+    fake(monkeypatch, lambda req: httpx.Response(409, json=body))
+    result = invoke(app, "pools", "update", "gpu-pool", "--max-nodes", "1")
+    assert result.exit_code != 0
+    assert "max_nodes" in result.output and "3 nodes" in result.output
+
+
+def test_pools_update_without_options_is_refused(app: typer.Typer, monkeypatch: pytest.MonkeyPatch) -> None:
+    api = fake(monkeypatch, lambda req: httpx.Response(200, json=POOL))
+    result = invoke(app, "pools", "update", "gpu-pool")
+    assert result.exit_code != 0 and "nothing to change" in result.output
+    assert api.calls() == []
+
+
 def test_models_register_args_and_env(app: typer.Typer, monkeypatch: pytest.MonkeyPatch) -> None:
     model = {"id": "model-1", "name": "tiny", "engine": "llamacpp"}
     api = fake(monkeypatch, lambda req: httpx.Response(201, json=model))

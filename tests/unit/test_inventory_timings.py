@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from actors.inventory_core import DurationStat, Heartbeat, InventoryCore
 from actors.records import hash_secret
-from serve_app.routes_data import timing_lines
+from serve_app.metrics import Snapshot, families
 from tests.unit.fakes import FakeClock
 
 
@@ -53,12 +53,14 @@ def test_rebuilds_are_timed_but_no_op_refreshes_are_not() -> None:
     assert core.rebuilds.last_s >= 0.0
 
 
-def test_timing_lines_are_prometheus_gauges() -> None:
+def test_timings_are_prometheus_gauges() -> None:
     inv = {"sweep_last_s": 0.0012, "sweep_max_s": 0.004, "rebuild_last_s": 0.02, "rebuild_max_s": 0.031}
-    text = "\n".join(timing_lines(inv))
-    assert "# TYPE inferia_inventory_sweep_seconds gauge" in text
-    assert "\ninferia_inventory_sweep_seconds 0.0012\n" in text
-    assert "\ninferia_inventory_sweep_seconds_max 0.004\n" in text
-    assert "# TYPE inferia_routing_rebuild_seconds_max gauge" in text
-    assert "\ninferia_routing_rebuild_seconds 0.02\n" in text
-    assert text.endswith("inferia_routing_rebuild_seconds_max 0.031")
+    fams = {f.name: f for f in families(Snapshot(inventory=inv))}
+    for name, value in (
+        ("inferia_inventory_sweep_seconds", 0.0012),
+        ("inferia_inventory_sweep_seconds_max", 0.004),
+        ("inferia_routing_rebuild_seconds", 0.02),
+        ("inferia_routing_rebuild_seconds_max", 0.031),
+    ):
+        assert fams[name].type == "gauge"
+        assert [s.value for s in fams[name].samples] == [value]
