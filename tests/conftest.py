@@ -10,7 +10,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("INFERIA_DASHBOARD", "false")
 
 # the session fixtures of the integration and conformance suites, defined once (tests/support/session_fixtures.py)
-from tests.support.session_fixtures import (  # noqa: E402
+from tests.support.session_fixtures import (
     api,
     control_plane,
     fake_kubelet,

@@ -145,6 +145,10 @@ class LocalAdapter(ProviderAdapter):
         if record is not None:  # a dead earlier try: clear what is left of its process group
             procs.terminate_group(record.get("pid"), record.get("create_time"))
             (node_dir / NODE_FILE).unlink(missing_ok=True)
+        if node_dir.is_dir():  # an earlier try may have died after starting its agent, before recording it
+            strays = procs.kill_strays(node_dir)
+            if strays:
+                log.warning("node %s: stopped %d unrecorded process(es) of an earlier try", req.node_id, len(strays))
         node_dir.mkdir(parents=True, exist_ok=True)
 
         workload = req.workload
@@ -254,6 +258,7 @@ class LocalAdapter(ProviderAdapter):
             health_path=spec.health_path if spec else None,
             engine_cmd=spec.argv if spec else None,
             post_start_cmd=spec.post_start if spec else None,
+            metrics_path=spec.metrics_path if spec else None,
         )
         return [*argv, "--engine-log", str(node_dir / ENGINE_LOG)]
 
@@ -340,13 +345,19 @@ class LocalAdapter(ProviderAdapter):
             found.append((node_dir.name, record, alive))
         return found
 
+    async def _scan_or_raise(self, pool_id: str) -> list[tuple[str, dict[str, Any] | None, bool]]:
+        try:
+            return await asyncio.to_thread(self._scan, pool_id)
+        except OSError as exc:  # could not read the node directories: transient, never "nothing there"
+            raise TemporaryProviderError(f"could not read the nodes of pool {pool_id}: {exc}") from exc
+
     async def list_nodes(self, pool_id: str) -> list[ProvisionedNode]:
-        scanned = await asyncio.to_thread(self._scan, pool_id)
+        scanned = await self._scan_or_raise(pool_id)
         return [self._to_node(record) for _, record, alive in scanned if alive and record is not None]
 
     async def list_dead(self, pool_id: str) -> list[str]:
         """Node ids whose directory is left but whose agent is gone (deprovision them to clean up)."""
-        scanned = await asyncio.to_thread(self._scan, pool_id)
+        scanned = await self._scan_or_raise(pool_id)
         busy = {node_id for pool, node_id in self._provisioning if pool == pool_id}
         return [node_id for node_id, _, alive in scanned if not alive and node_id not in busy]
 

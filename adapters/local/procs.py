@@ -139,6 +139,23 @@ def terminate_group(pgid: int | None, create_time: float | None, grace_s: float 
     return True
 
 
+def kill_strays(cwd: str | os.PathLike[str]) -> list[int]:
+    """SIGKILL every process whose working directory is `cwd` (a node's agent and engine left by a
+    provision that died between starting the agent and recording it); the pids killed."""
+    target = os.path.realpath(cwd)
+    killed = []
+    for proc in psutil.process_iter(["pid", "cwd"]):
+        try:
+            if proc.info.get("cwd") and os.path.realpath(proc.info["cwd"]) == target and proc.pid != os.getpid():
+                proc.kill()
+                killed.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    if killed:
+        psutil.wait_procs([psutil.Process(p) for p in killed if psutil.pid_exists(p)], timeout=5.0)
+    return killed
+
+
 def spawn_detached(
     argv: Sequence[str],
     *,

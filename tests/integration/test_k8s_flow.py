@@ -18,14 +18,10 @@ from adapters.kubernetes.adapter import KubernetesAdapter
 from adapters.registry import register
 from controller.boot import ControlPlane
 from controller.client import Client
-from tests.support import fake_kubelet as fk
-from tests.support import k8s_cluster as kc
 from tests.support.controlplane import wait_for
 from tests.support.fake_kubelet import UNREADY, FakeKubelet
 from tests.support.k8s_cluster import K8sCluster
 
-k8s_cluster = kc.k8s_cluster  # session fixtures (pytest only loads conftest.py by itself)
-fake_kubelet = fk.fake_kubelet
 pytestmark = pytest.mark.integration
 register(KubernetesAdapter)  # this process; Ray workers find it through the registry's built-ins
 SEL = "app.kubernetes.io/managed-by=inferia"

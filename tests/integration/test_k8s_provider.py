@@ -26,14 +26,9 @@ from adapters.base import (
 )
 from adapters.kubernetes.adapter import KubernetesAdapter
 from adapters.registry import register
-from tests.support import fake_kubelet as fk
-from tests.support import k8s_cluster as kc
 from tests.support.fake_kubelet import CRASHLOOP, UNREADY, FakeKubelet
 from tests.support.k8s_cluster import K8sCluster, kubeconfig_text
 from tests.support.tcp_proxy import TcpProxy
-
-k8s_cluster = kc.k8s_cluster  # session fixtures (pytest only loads conftest.py by itself)
-fake_kubelet = fk.fake_kubelet
 
 pytestmark = pytest.mark.integration
 register(KubernetesAdapter)

@@ -173,8 +173,9 @@ class FakeSkyClient:
     async def _bash(self, cdir: Path, task: sky.Task, script: str, *, background: bool) -> int:
         home = cdir / "home"
         home.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("INFERIA_")}
-        env.update({"HOME": str(home), "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"})
+        # a VM has its own environment, not the control plane's: a login shell's basics, then the task's
+        env = {k: v for k, v in os.environ.items() if k in ("LANG", "LC_ALL", "TZ", "TMPDIR")}
+        env.update({"HOME": str(home), "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"})
         env.update({k: str(v) for k, v in (task.envs or {}).items()})
         env.update({k: _plain(v) for k, v in (task.secrets or {}).items()})
         log = open(cdir / "job.log", "ab")
