@@ -347,9 +347,11 @@ class _Api(Generic[R]):
         return self._call("DELETE", f"/v1/model-registry/{_seg(name)}")
 
     # ------------------------------------------------------------ deployments
-    def deploy(self, model: str, pool: str, replicas: int = 1) -> R:
-        """POST /v1/deployments; the answer carries `inference_key`, shown this once only."""
-        return self._call("POST", "/v1/deployments", json={"model": model, "pool": pool, "replicas": replicas})
+    def deploy(self, model: str, pool: str, replicas: int = 1, rate_limit_rpm: int | None = None) -> R:
+        """POST /v1/deployments; the answer carries `inference_key`, shown this once only. rate_limit_rpm:
+        requests per minute accepted with that key (None: no limit)."""
+        body = _drop_none({"model": model, "pool": pool, "replicas": replicas, "rate_limit_rpm": rate_limit_rpm})
+        return self._call("POST", "/v1/deployments", json=body)
 
     def list_deployments(self) -> R:
         return self._call("GET", "/v1/deployments")
@@ -359,6 +361,26 @@ class _Api(Generic[R]):
 
     def scale_deployment(self, dep_id: str, replicas: int) -> R:
         return self._call("PATCH", f"/v1/deployments/{_seg(dep_id)}", json={"replicas": replicas})
+
+    def set_rate_limit(self, dep_id: str, rpm: int | None) -> R:
+        """Requests per minute accepted with the deployment's inference key; None removes the limit."""
+        return self._call("PATCH", f"/v1/deployments/{_seg(dep_id)}", json={"rate_limit_rpm": rpm})
+
+    def rotate_key(self, dep_id: str) -> R:
+        """A new inference key (in `inference_key`, shown this once); the old one is refused from now on."""
+        return self._call("POST", f"/v1/deployments/{_seg(dep_id)}/rotate-key")
+
+    # ------------------------------------------------------------ API tokens
+    def create_token(self, name: str, scope: str) -> R:
+        """A scoped API token (admin, gateway, metrics); the answer's `token` is shown this once only."""
+        return self._call("POST", "/v1/tokens", json={"name": name, "scope": scope})
+
+    def list_tokens(self) -> R:
+        return self._call("GET", "/v1/tokens")
+
+    def revoke_token(self, ref: str) -> R:
+        """By name or id; refused everywhere within about a second."""
+        return self._call("DELETE", f"/v1/tokens/{_seg(ref)}")
 
     def stop_deployment(self, dep_id: str) -> R:
         return self._call("POST", f"/v1/deployments/{_seg(dep_id)}/stop")

@@ -16,7 +16,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.runtime import RuntimeConfig, setup_logging
-from serve_app import context, errors, routes_admin, routes_data
+from serve_app import context, errors, routes_admin, routes_data, routes_tokens
 from serve_app.context import AppContext
 from serve_app.errors import ApiError
 
@@ -116,6 +116,7 @@ def create_app(ctx: AppContext | None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.include_router(routes_admin.router)
+    app.include_router(routes_tokens.router)
     app.include_router(routes_data.router)
     # the web console: static files only (no data without the admin token, which the page asks for)
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")

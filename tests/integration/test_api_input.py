@@ -100,9 +100,18 @@ def test_heartbeat_and_proxy_input(http: httpx.Client) -> None:
     noauth = httpx.post(str(http.base_url).rstrip("/") + "/inventory/heartbeat", json={"node_id": "n"}, trust_env=False)
     _err(noauth, 401)
     _err(http.post("/inventory/heartbeat", json={"node_id": "node-unknown"}), 404)
-    _err(http.post("/v1/chat/completions", json={"messages": []}), 422, "model")
-    _err(http.post("/v1/chat/completions", json={"model": "not-deployed", "messages": []}), 503, "model")
-    _err(http.post("/v1/chat/completions", content=b"nope", headers={"content-type": "application/json"}), 422)
+    # the OpenAI routes answer in OpenAI's shape (serve_app/openai_errors.py)
+    _openai_err(http.post("/v1/chat/completions", json={"messages": []}), 400, "invalid_request", "model")
+    r = http.post("/v1/chat/completions", json={"model": "not-deployed", "messages": []})
+    _openai_err(r, 404, "model_not_found", "model")
+    r = http.post("/v1/chat/completions", content=b"nope", headers={"content-type": "application/json"})
+    _openai_err(r, 400, "invalid_request", "body")
+
+
+def _openai_err(r: httpx.Response, status: int, code: str, param: str | None) -> None:
+    assert r.status_code == status, (r.status_code, r.text)
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and (err["code"], err["param"]) == (code, param), err
 
 
 def test_no_500_on_garbage(http: httpx.Client) -> None:

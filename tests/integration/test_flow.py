@@ -47,14 +47,14 @@ def test_deploy_route_chat_replace_delete(control_plane: ControlPlane, api: Clie
     )
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == "echo: hi"
-    # a wrong key is refused
+    # a wrong key is refused (401, as OpenAI answers an invalid API key)
     r = httpx.post(
         control_plane.api_url + "/v1/chat/completions",
         json={"model": name, "messages": []},
         headers={"authorization": "Bearer nope"},
         timeout=30,
     )
-    assert r.status_code == 403
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", r.text
 
     # kill one engine: the node leaves the routing table within 3 heartbeat intervals, then is replaced
     victim = table["models"][name][0]["node_id"]

@@ -98,6 +98,9 @@ def _fuzz_operation(http: httpx.Client, method: str, path: str, op: dict[str, An
         assert r.status_code < 500 or allowed_5xx, (method, url, body, r.status_code, r.text[:300])
         if r.status_code >= 400 and r.headers.get("content-type", "").startswith("application/json"):
             err = r.json()
+            if path in PROXY_PATHS or path == "/v1/models":  # OpenAI's shape on the OpenAI routes
+                assert isinstance(err, dict) and isinstance(err.get("error"), dict), (method, url, r.text[:300])
+                err = err["error"]
             assert isinstance(err, dict) and {"code", "message"} <= set(err), (method, url, r.text[:300])
 
     run()

@@ -150,11 +150,17 @@ def test_oversized_bodies_refused_but_big_batches_pass(control_plane: ControlPla
             yield too_big[i : i + (1 << 20)]
 
     for base in (control_plane.data_url, control_plane.api_url):
-        for path in ("/inventory/heartbeat", "/v1/pools", "/v1/chat/completions"):
+        for path in ("/inventory/heartbeat", "/v1/pools"):
             body = _error(raw.post(base + path, content=too_big, headers=admin), 413)
             assert body["code"] == "payload_too_large" and body["field"] == "body", body
             body = _error(raw.post(base + path, content=chunks(), headers=admin), 413)  # no Content-Length
             assert body["code"] == "payload_too_large", body
+        for path in ("/v1/chat/completions", "/v1/completions"):  # the OpenAI routes answer in OpenAI's shape
+            for content in (too_big, chunks()):
+                r = raw.post(base + path, content=content, headers=admin)
+                assert r.status_code == 413, (base, path, r.status_code, r.text[:200])
+                err = r.json()["error"]
+                assert err["code"] == "payload_too_large" and err["param"] == "body", err
 
     # batches up to the batch limit are far below the body limit: 1,000 and 10,000 realistic beats
     beat = {

@@ -271,6 +271,16 @@ def test_not_found_carries_code_and_field() -> None:
     assert isinstance(err, InferiaError)
 
 
+def test_openai_shaped_error_of_the_inference_routes() -> None:
+    body = {"error": {"message": "the model 'x' does not exist", "type": "invalid_request_error", "param": "model",
+                      "code": "model_not_found"}}  # fmt: skip
+    c, _ = make(lambda req: httpx.Response(404, json=body))
+    with pytest.raises(NotFound) as info:
+        c.chat("x", [], key="ik_key")
+    err = info.value
+    assert (err.status, err.code, err.message, err.field) == (404, "model_not_found", body["error"]["message"], "model")
+
+
 def test_non_json_error() -> None:
     c, _ = make(lambda req: httpx.Response(502, text="Bad gateway"))
     with pytest.raises(ServerError) as info:
