@@ -115,7 +115,8 @@ _BY_STATUS: dict[int, type[InferiaError]] = {
 
 
 def error_from_response(resp: httpx.Response, secrets: Iterable[str | None] = ()) -> InferiaError:
-    """Map an error answer (the API's `{"code", "message", "field"?}` JSON or anything else) to an exception.
+    """Map an error answer (the API's `{"code", "message", "field"?}` JSON, the OpenAI routes'
+    `{"error": {"message", "type", "param", "code"}}`, or anything else) to an exception.
 
     Any of `secrets` found in the message is replaced by `***`.
     """
@@ -125,6 +126,9 @@ def error_from_response(resp: httpx.Response, secrets: Iterable[str | None] = ()
         body = resp.json()
     except ValueError:
         body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):  # the OpenAI routes' shape
+        err = body["error"]
+        body = {"code": err.get("code"), "message": err.get("message"), "field": err.get("param")}
     if isinstance(body, dict):
         code = str(body.get("code") or code)
         message = str(body.get("message") or body.get("detail") or "")

@@ -16,9 +16,10 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.runtime import RuntimeConfig, setup_logging
-from serve_app import context, errors, routes_admin, routes_data, routes_tokens
+from serve_app import context, errors, openai_errors, routes_admin, routes_data, routes_tokens
 from serve_app.context import AppContext
 from serve_app.errors import ApiError
+from serve_app.proxy import MAX_BODY_BYTES, PROXY_PATHS
 
 API_DEPLOYMENT = "inferia-api"
 APP_NAME = "inferia"
@@ -27,9 +28,7 @@ UI_DIR = Path(__file__).resolve().parent / "ui"
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
-# the largest request body accepted: a batch of 10,000 heartbeats (the batch limit) of the usual size is
-# about 3 MB; anything larger is refused with 413 before it is read into memory
-MAX_BODY_BYTES = 8 * 1024 * 1024
+# MAX_BODY_BYTES (serve_app/proxy.py): the largest request body accepted, on every route
 
 
 class _TooLarge(StarletteHTTPException):
@@ -48,7 +47,7 @@ class BodyLimit:
         self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in PROXY_PATHS:  # the proxy bounds its body (OpenAI shape)
             await self.app(scope, receive, send)
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
@@ -126,6 +125,29 @@ def create_app(ctx: AppContext | None) -> FastAPI:
 app = create_app(None)
 
 
+class DataPortApp:
+    """The data port's ASGI app: POSTs to the OpenAI proxy paths go straight to the proxy (no FastAPI routing,
+    dependencies or middleware on the hot path, serve_app/proxy.py); everything else to the FastAPI app."""
+
+    def __init__(self, api: FastAPI) -> None:
+        self.api = api
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] in PROXY_PATHS and scope["method"] == "POST":
+            ctx: AppContext | None = getattr(self.api.state, "ctx", None)
+            if ctx is None:
+                ctx = self.api.state.ctx = context.CURRENT[0]
+            if not ctx.started:
+                try:
+                    await ctx.start()
+                except Exception as exc:  # the database or the inventory is not reachable yet
+                    await openai_errors.unavailable(type(exc).__name__).send(send)
+                    return
+            await ctx.proxy.handle(scope, receive, send)
+            return
+        await self.api(scope, receive, send)
+
+
 @serve.deployment(
     name=API_DEPLOYMENT,
     num_replicas=1,
@@ -152,7 +174,10 @@ class ApiIngress:
         self._data_task: asyncio.Task[None] | None = None
         if rc.data_port:
             sock = bind_reusable(rc.api_host, rc.data_port)
-            config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+            # no proxy headers: clients are agents, gateways and SDKs (and the parsing costs per request)
+            config = uvicorn.Config(
+                DataPortApp(app), log_level="warning", access_log=False, lifespan="off", proxy_headers=False
+            )
             self._data_server = uvicorn.Server(config)
             self._data_task = asyncio.get_running_loop().create_task(self._data_server.serve(sockets=[sock]))
 
@@ -163,7 +188,8 @@ class ApiIngress:
 
 def bind_reusable(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so (uvloop does it on any)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
