@@ -106,7 +106,6 @@ class ControlPlane:
     token_created: bool = False
     cfg: RuntimeConfig | None = None
     master_key: str = field(default="", repr=False)  # of the keys at rest (actors/secretbox.py)
-    master_key: str = field(default="", repr=False)  # of the keys at rest (actors/secretbox.py)
     runtime: RuntimeInfo | None = None
     log_file: Path | None = None  # where `up` sends the full logs (recorded in runtime.json)
     _pg: EmbeddedPostgres | None = None
@@ -148,8 +147,6 @@ class ControlPlane:
         self.runtime.pool_hosts = s.pool_hosts
         self._record()
         self.api_token, self.token_created = load_or_create_api_token(s)
-        env_key = s.master_key.get_secret_value() if s.master_key else None
-        self.master_key, _ = load_or_create_master_key(s.data_dir, env_key)
         env_key = s.master_key.get_secret_value() if s.master_key else None
         self.master_key, _ = load_or_create_master_key(s.data_dir, env_key)
 

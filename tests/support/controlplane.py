@@ -30,6 +30,7 @@ def settings_for(data_dir: Path, port: int, interval_s: float = 1.0) -> Settings
         INFERIA_HEARTBEAT_MISSES=3,
         INFERIA_API_TOKEN=None,
         INFERIA_LOG_LEVEL="INFO",
+        INFERIA_DASHBOARD=os.environ.get("INFERIA_DASHBOARD", "false"),  # tests and benches: no Ray dashboard
     )
 
 

@@ -52,6 +52,7 @@ class ControlPlaneProcess:
         )
         for k in ("RAY_ADDRESS", "INFERIA_API_TOKEN", "POSTGRES_DSN", "REDIS_HOST", "INFERIA_DETACHED_CHILD"):
             self.env.pop(k, None)
+        self.env.setdefault("INFERIA_DASHBOARD", "false")  # tests and benches: no Ray dashboard
         self.proc: subprocess.Popen[bytes] | None = None
         self.sessions: set[str] = set()  # Ray session names of every `up` run (for the final sweep)
         self._log: IO[bytes] | None = None

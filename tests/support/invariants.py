@@ -5,6 +5,9 @@
 3. every active deployment has its desired replicas ready again, and the routing table lists them;
 4. no node was ever created twice at the provider (the journal has one create per node id).
 
+Pools on the local provider can be checked too (`local_pools`): their provider truth is every node
+directory with a live agent process (what the local adapter's list_nodes reports); they have no journal.
+
 `wait_converged` polls until all hold (the control plane converges level-triggered) and otherwise fails
 with what still differs.
 """
@@ -22,12 +25,36 @@ from tests.support import instant
 ALIVE = ("provisioning", "ready", "unhealthy", "draining")
 
 
-def violations(api: Client, data_dir: Path, pool_ids: list[str], deployment_ids: list[str]) -> list[str]:
+def local_instances(data_dir: Path, pool_id: str) -> set[str]:
+    """Node ids of a local-provider pool whose agent process runs (its node.json names a live pid)."""
+    import json
+
+    import psutil
+
+    out = set()
+    for f in (data_dir / "nodes" / pool_id).glob("*/node.json"):
+        try:
+            pid = int(json.loads(f.read_text()).get("pid") or 0)
+            if pid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.add(f.parent.name)
+        except (OSError, ValueError, psutil.Error):
+            continue
+    return out
+
+
+def violations(
+    api: Client,
+    data_dir: Path,
+    pool_ids: list[str],
+    deployment_ids: list[str],
+    local_pools: frozenset[str] = frozenset(),
+) -> list[str]:
     out: list[str] = []
     for pool_id in pool_ids:
         db = {n["id"]: n["state"] for n in api.pool_nodes(pool_id, include_terminated=True)}
         db_alive = {n for n, s in db.items() if s in ALIVE}
-        at_provider = set(instant.instances(data_dir, pool_id))
+        local = pool_id in local_pools
+        at_provider = local_instances(data_dir, pool_id) if local else set(instant.instances(data_dir, pool_id))
         settling = {n for n, s in db.items() if s in ("provisioning", "draining")}
         if settling:
             out.append(f"pool {pool_id}: still settling: {sorted(settling)}")
@@ -38,7 +65,7 @@ def violations(api: Client, data_dir: Path, pool_ids: list[str], deployment_ids:
         if leaked:
             states = {n: db.get(n, "unknown to the database") for n in leaked}
             out.append(f"pool {pool_id}: at the provider but not alive in the database (leak): {states}")
-        creates = Counter(n for op, n in instant.journal(data_dir, pool_id) if op == "create")
+        creates = Counter(n for op, n in ([] if local else instant.journal(data_dir, pool_id)) if op == "create")
         twice = [n for n, c in creates.items() if c > 1]
         if twice:
             out.append(f"pool {pool_id}: created more than once at the provider: {twice}")
@@ -57,14 +84,19 @@ def violations(api: Client, data_dir: Path, pool_ids: list[str], deployment_ids:
 
 
 def wait_converged(
-    api: Client, data_dir: Path, pool_ids: list[str], deployment_ids: list[str], timeout: float = 60.0
+    api: Client,
+    data_dir: Path,
+    pool_ids: list[str],
+    deployment_ids: list[str],
+    timeout: float = 60.0,
+    local_pools: frozenset[str] = frozenset(),
 ) -> float:
     """Seconds it took for the invariant to hold; AssertionError naming what differs otherwise."""
     t0 = time.monotonic()
     last: list[str] = []
     while time.monotonic() - t0 < timeout:
         try:
-            last = violations(api, data_dir, pool_ids, deployment_ids)
+            last = violations(api, data_dir, pool_ids, deployment_ids, local_pools)
         except Exception as exc:  # the API may be restarting: keep polling
             last = [f"API: {exc!r}"]
         if not last:
