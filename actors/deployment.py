@@ -77,7 +77,7 @@ class DeploymentActor:
         async with self._boot_lock:
             if self._loop is not None:
                 return
-            self.store = await Store.connect(self.cfg.dsn, max_size=4)
+            self.store = await Store.connect(self.cfg.dsn, max_size=4, master_key=self.cfg.master_key)
             for r in await self.store.list_replicas():
                 self._replica_state[(r.deployment_id, r.node_id)] = r.state
             self._loop = Loop("deployments.reconcile", self.reconcile, self.cfg.reconcile_interval_s)

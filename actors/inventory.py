@@ -10,6 +10,7 @@ from typing import Any
 import ray
 
 from actors.bus import EventBus
+from actors.endpoints import EndpointRule
 from actors.inventory_core import DurationStat, Heartbeat, InventoryCore
 from actors.runtime import Loop, RuntimeConfig, boot_in_background, setup_logging
 from actors.states import NODE_ALIVE, NodeState
@@ -35,6 +36,7 @@ class InventoryActor:
         self.cfg = RuntimeConfig(**cfg)
         setup_logging(self.cfg.log_level)
         self.core = InventoryCore(self.cfg.heartbeat_timeout_s, sweeping=False)
+        self.core.endpoint_rule = EndpointRule.for_runtime(self.cfg)
         self.store: Store | None = None
         self.bus: EventBus | None = None
         self._boot_lock = asyncio.Lock()
@@ -111,6 +113,8 @@ class InventoryActor:
 
     async def _flush(self) -> None:
         assert self.store is not None
+        for refused in self.core.endpoint_rule.take_refused() if self.core.endpoint_rule else ():
+            await self.store.add_event("node.endpoint_refused", "node", refused.pop("node_id"), refused)
         states, beats = self.core.take_writes()
         if not states and not beats:
             return
@@ -177,7 +181,7 @@ class InventoryActor:
         await self._boot()
         if from_ingress:
             self._ingress_up()
-        results = self.core.heartbeat_batch(Heartbeat(**b) for b in beats)
+        results = self.core.heartbeat_batch((Heartbeat(**b) for b in beats), checked=from_ingress)
         await self._after_change()
         return [(int(r.status), r.node_id, r.message) for r in results]
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
+from actors.endpoints import EndpointRule
 from actors.records import secret_matches
 from actors.states import NODE_TERMINAL, NodeState, node_can
 
@@ -24,6 +25,7 @@ class HeartbeatStatus(IntEnum):
     OK = 200
     FORBIDDEN = 403
     NOT_FOUND = 404
+    CONFLICT = 409  # an endpoint change the rule refuses (actors/endpoints.py)
     GONE = 410
 
 
@@ -155,6 +157,7 @@ class InventoryCore:
         self.heartbeats_total = 0
         self.transitions_total = 0
         self.rebuilds = DurationStat(clock=clock)  # routing-table rebuilds (not the no-op refreshes)
+        self.endpoint_rule: EndpointRule | None = None  # judges endpoints sent to the API (actors/endpoints.py)
 
     # ------------------------------------------------------------ registration
     def register(self, info: dict[str, Any]) -> NodeEntry:
@@ -226,7 +229,8 @@ class InventoryCore:
             return self.nodes.get(node_id) if node_id else None
         return None
 
-    def heartbeat(self, hb: Heartbeat) -> HeartbeatResult:
+    def heartbeat(self, hb: Heartbeat, checked: bool = False) -> HeartbeatResult:
+        """checked: sent to the API (agents, sidecars), so an endpoint change must pass the endpoint rule."""
         entry = self._resolve(hb)
         if entry is None:
             return HeartbeatResult(HeartbeatStatus.NOT_FOUND, hb.node_id, "unknown node")
@@ -237,6 +241,8 @@ class InventoryCore:
         if entry.state == NodeState.DRAINING:  # keeps serving in-flight work until deprovisioned; never routed
             entry.last_seen = self.clock()
             return HeartbeatResult(HeartbeatStatus.OK, entry.id)
+        if checked and self.endpoint_rule is not None and (why := self.endpoint_rule.judge(entry, hb)):
+            return HeartbeatResult(HeartbeatStatus.CONFLICT, entry.id, why)
         self.heartbeats_total += 1
         now = self.clock()
         entry.last_seen = now
@@ -277,8 +283,8 @@ class InventoryCore:
                 self._dirty = True
         return HeartbeatResult(HeartbeatStatus.OK, entry.id)
 
-    def heartbeat_batch(self, beats: Iterable[Heartbeat]) -> list[HeartbeatResult]:
-        return [self.heartbeat(b) for b in beats]
+    def heartbeat_batch(self, beats: Iterable[Heartbeat], checked: bool = False) -> list[HeartbeatResult]:
+        return [self.heartbeat(b, checked) for b in beats]
 
     # ------------------------------------------------------------ health sweep
     def grace_all(self) -> None:

@@ -113,11 +113,14 @@ class DeploymentRecord:
     pool_id: str
     desired_replicas: int
     state: DeploymentState
+    # the engine key: what the deployment's engines hold and the proxy sends them (sealed at rest by the Store,
+    # plain in memory). Clients hold another key, the inference key, of which only the hash is stored.
     inference_key: str
     inference_key_hash: str
     generation: int = 1
     error: str | None = None
     delete_requested: bool = False
+    rate_limit_rpm: int | None = None  # requests per minute accepted with the inference key (None: no limit)
     created_at: datetime | None = None
     updated_at: datetime | None = None
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import ray
@@ -61,6 +61,10 @@ class RuntimeConfig:
     data_url: str | None = None
     # 0: one Ray actor per pool; N > 0: N pool-host actors share the pools (each actor is a ~60 MiB process)
     pool_hosts: int = 0
+    # the Fernet key of the deployment keys at rest (actors/secretbox.py); hidden from repr, never logged
+    master_key: str = field(default="", repr=False)
+    # GET /metrics without a token for clients on loopback (INFERIA_METRICS_OPEN_ON_LOOPBACK)
+    metrics_open_on_loopback: bool = False
 
     @property
     def heartbeat_timeout_s(self) -> float:

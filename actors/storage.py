@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from actors.records import DeploymentRecord, ModelRecord, NodeRecord, PoolRecord, ReplicaRecord
+from actors.secretbox import PREFIX, SecretBox
 from actors.states import DeploymentState, NodeState, PoolState
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ _NODE_COLS = (
 _MODEL_COLS = "id, name, engine, image, source, args, env, port, health_path, gpus, gpu_memory_mb, created_at"
 _DEP_COLS = (
     "id, model_id, pool_id, desired_replicas, state, generation, error, inference_key, "
-    "inference_key_hash, delete_requested, created_at, updated_at"
+    "inference_key_hash, delete_requested, rate_limit_rpm, created_at, updated_at"
 )
 
 
@@ -81,23 +82,34 @@ def _model(r: asyncpg.Record) -> ModelRecord:
     return ModelRecord(**dict(r))
 
 
-def _dep(r: asyncpg.Record) -> DeploymentRecord:
+def _dep(r: asyncpg.Record, box: SecretBox | None) -> DeploymentRecord:
     d = dict(r)
     d["state"] = DeploymentState(d["state"])
+    if box is not None:  # without the master key the sealed value stays sealed (useless as a key)
+        d["inference_key"] = box.open(d["inference_key"])
     return DeploymentRecord(**d)
 
 
 class Store:
     """One asyncpg pool per process (each Ray actor and each Serve replica owns one)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, box: SecretBox | None = None) -> None:
         self.pool = pool
+        self.box = box  # seals the engine keys on write, opens them on read (actors/secretbox.py)
 
     @classmethod
-    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 5, migrate: bool = False) -> Store:
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 5,
+        migrate: bool = False,
+        master_key: str | None = None,
+    ) -> Store:
         pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_conn)
         assert pool is not None
-        store = cls(pool)
+        store = cls(pool, SecretBox(master_key) if master_key else None)
         if migrate:
             await store.migrate()
         return store
@@ -468,23 +480,25 @@ class Store:
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"INSERT INTO model_deployments (id, model_id, pool_id, desired_replicas, state, generation,"
-                f" inference_key, inference_key_hash) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) RETURNING {_DEP_COLS}",
+                f" inference_key, inference_key_hash, rate_limit_rpm) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"
+                f" RETURNING {_DEP_COLS}",
                 d.id,
                 d.model_id,
                 d.pool_id,
                 d.desired_replicas,
                 str(d.state),
                 d.generation,
-                d.inference_key,
+                self.box.seal(d.inference_key) if self.box else d.inference_key,
                 d.inference_key_hash,
+                d.rate_limit_rpm,
             )
             await self.add_event("deployment.created", "deployment", d.id, {"replicas": d.desired_replicas}, conn)
         assert row is not None
-        return _dep(row)
+        return _dep(row, self.box)
 
     async def get_deployment(self, dep_id: str) -> DeploymentRecord | None:
         row = await self.pool.fetchrow(f"SELECT {_DEP_COLS} FROM model_deployments WHERE id = $1", dep_id)
-        return _dep(row) if row else None
+        return _dep(row, self.box) if row else None
 
     async def list_deployments(
         self, states: Iterable[DeploymentState] | None = None, pool_id: str | None = None
@@ -499,7 +513,7 @@ class Store:
             conds.append(f"pool_id = ${len(args)}")
         where = (" WHERE " + " AND ".join(conds)) if conds else ""
         rows = await self.pool.fetch(f"SELECT {_DEP_COLS} FROM model_deployments{where} ORDER BY created_at", *args)
-        return [_dep(r) for r in rows]
+        return [_dep(r, self.box) for r in rows]
 
     async def cas_deployment(
         self,
@@ -527,7 +541,7 @@ class Store:
             )
             if row is not None:
                 await self.add_event(f"deployment.{new}", "deployment", dep_id, {"error": error} if error else {}, conn)
-        return _dep(row) if row else None
+        return _dep(row, self.box) if row else None
 
     async def request_delete(self, dep_id: str) -> None:
         await self.pool.execute("UPDATE model_deployments SET delete_requested = true WHERE id = $1", dep_id)
@@ -540,7 +554,7 @@ class Store:
             replicas,
             ["stopping", "stopped"],
         )
-        return _dep(row) if row else None
+        return _dep(row, self.box) if row else None
 
     async def delete_deployment(self, dep_id: str, deletable: Iterable[DeploymentState]) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -601,3 +615,43 @@ class Store:
         if value is None:
             value = await self.pool.fetchval("SELECT value FROM cluster_secrets WHERE name = $1", name)
         return str(value)
+
+    # ---------------------------------------------------------------- deployment keys (issue 13)
+    async def seal_plain_keys(self) -> int:
+        """Encrypt in place the engine keys stored in clear before encryption existed; returns how many."""
+        if self.box is None:
+            return 0
+        n = 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, inference_key FROM model_deployments WHERE NOT starts_with(inference_key, $1) FOR UPDATE",
+                PREFIX,
+            )
+            for r in rows:
+                sealed = self.box.seal(r["inference_key"])
+                await conn.execute("UPDATE model_deployments SET inference_key = $2 WHERE id = $1", r["id"], sealed)
+                n += 1
+            if n:
+                await self.add_event("deployment.keys_sealed", "deployment", "*", {"count": n}, conn)
+        return n
+
+    async def set_inference_key_hash(self, dep_id: str, key_hash: str) -> DeploymentRecord | None:
+        """A new inference key (rotate-key): the old one is refused from now on; the engine key is unchanged."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"UPDATE model_deployments SET inference_key_hash = $2, updated_at = now() WHERE id = $1"
+                f" RETURNING {_DEP_COLS}",
+                dep_id,
+                key_hash,
+            )
+            if row is not None:
+                await self.add_event("deployment.key_rotated", "deployment", dep_id, {}, conn)
+        return _dep(row, self.box) if row else None
+
+    async def set_rate_limit(self, dep_id: str, rpm: int | None) -> DeploymentRecord | None:
+        row = await self.pool.fetchrow(
+            f"UPDATE model_deployments SET rate_limit_rpm = $2, updated_at = now() WHERE id = $1 RETURNING {_DEP_COLS}",
+            dep_id,
+            rpm,
+        )
+        return _dep(row, self.box) if row else None

@@ -30,6 +30,9 @@ class Capabilities:
     gpus: bool = False
     # the provider itself reports node health (watch_health) instead of a node agent heartbeating
     reports_health: bool = False
+    # a node's endpoint may move after provisioning (a Nosana redeploy: the new job's URL), reported by
+    # heartbeats and accepted when `accepts_endpoint` does (actors/endpoints.py); otherwise it is fixed
+    endpoint_moves: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,12 @@ class ProviderAdapter(ABC):
     def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         """Raise ValueError naming the bad key; return the normalised config."""
         return config
+
+    @classmethod
+    def accepts_endpoint(cls, url: str) -> bool:
+        """For `endpoint_moves` providers: whether a heartbeat may move a node's endpoint to this URL (the
+        control plane's own addresses and loopback/link-local ones are refused before this is asked)."""
+        return False
 
     @abstractmethod
     async def discover_resources(self) -> list[ResourceOffer]: ...

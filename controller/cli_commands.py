@@ -427,12 +427,15 @@ def deploy(
     model: Annotated[str, typer.Argument(help="Registered model name")],
     pool: Annotated[str, typer.Option(help="Pool name or id")],
     replicas: Annotated[int, typer.Option(help="Number of replicas")] = 1,
+    rate_limit_rpm: Annotated[
+        int | None, typer.Option(help="Requests per minute accepted with the inference key (default: no limit)")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the deployment is running")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait")] = 600.0,
 ) -> None:
     """Deploy a registered model onto a pool and wait until it serves."""
     with client() as c:
-        dep = c.deploy(model, pool, replicas)
+        dep = c.deploy(model, pool, replicas, rate_limit_rpm=rate_limit_rpm)
         dep_id = str(dep["id"])
         out.print(f"deployment [bold]{_s(dep_id)}[/bold] created ({_s(model)} on {_s(pool)}, {replicas} replicas)")
         if dep.get("inference_key"):
@@ -567,5 +570,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(models_app, name="models")
     app.command("deploy")(deploy)
     app.add_typer(deployments_app, name="deployments")
+    from controller import cli_credentials  # tokens, rotate-key, rate-limit (it imports this module)
+
+    cli_credentials.register(app, deployments_app)
     app.command("routes")(routes)
     app.command("logs")(logs)

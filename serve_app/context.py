@@ -7,16 +7,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Request
-
 from actors.records import secret_matches
 from actors.runtime import DEPLOYMENTS, INVENTORY, RuntimeConfig, call, get_actor, get_pool_actor
 from actors.storage import Store
+from actors.token_store import Scope
+from serve_app.auth import TokenCache, bearer, require_admin
 from serve_app.batcher import MicroBatcher
-from serve_app.errors import ApiError
 from serve_app.live_nodes import LiveNodes
 from serve_app.metrics import ReplicaMetrics
 from serve_app.proxy import InferenceProxy
+from serve_app.ratelimit import RateLimiter
 from serve_app.routing_cache import RoutingCache
 
 
@@ -38,6 +38,8 @@ class AppContext:
         )
         self._keys: dict[str, tuple[str, str, float]] = {}  # deployment_id -> (key, hash, fetched_at)
         self.proxy = InferenceProxy(self.routing, self.inference_key)
+        self.tokens = TokenCache(api_token_hash, lambda: self.store)  # scoped API tokens (serve_app/auth.py)
+        self.limiter = RateLimiter(self._rate_limit_of)  # per-key requests per minute (serve_app/ratelimit.py)
         self.counters = Counters()
         self.live_nodes = LiveNodes(self._all_nodes)  # the inventory's view, shared for ~1 s (console, /metrics)
         self.metrics = ReplicaMetrics(self._metrics_snapshot)
@@ -52,12 +54,14 @@ class AppContext:
                 return
             self.routing.start()
             if self.store is None:
-                self.store = await Store.connect(self.cfg.dsn, max_size=5)
+                self.store = await Store.connect(self.cfg.dsn, max_size=5, master_key=self.cfg.master_key or None)
+            self.tokens.start()
             # heartbeats can reach the inventory from now on: it starts counting missed ones
             await call(self.inventory().ingress_started.remote(), 30)
             self.started = True
 
     async def close(self) -> None:
+        await self.tokens.stop()
         await self.routing.stop()
         await self.proxy.close()
         if self.store:
@@ -101,36 +105,33 @@ class AppContext:
         self._keys[deployment_id] = (dep.inference_key, dep.inference_key_hash, time.monotonic())
         return dep.inference_key
 
-    async def inference_key_valid(self, token: str, model: str | None) -> bool:
-        """True when the token is the inference key of a deployment serving this model."""
+    async def inference_key_valid(self, token: str, model: str | None) -> str | None:
+        """The deployment whose inference key the token is, when it serves this model (else None)."""
         if not model:
-            return False
+            return None
         for ep in self.routing.endpoints(model):
             dep_id = ep.get("deployment_id")
             if dep_id and await self.inference_key(dep_id) is not None:
                 _, digest, _ = self._keys[dep_id]
                 if secret_matches(token, digest):
-                    return True
-        return False
+                    return dep_id
+        return None
 
-    def is_admin(self, token: str | None) -> bool:
-        return secret_matches(token, self.api_token_hash)
+    def forget_key(self, deployment_id: str) -> None:
+        """The deployment's key changed (rotate-key): read it again."""
+        self._keys.pop(deployment_id, None)
+
+    async def _rate_limit_of(self, deployment_id: str) -> int | None:
+        assert self.store is not None
+        dep = await self.store.get_deployment(deployment_id)
+        return dep.rate_limit_rpm if dep else None
+
+    async def admin(self, token: str | None) -> bool:
+        """The bootstrap admin token or a token of scope admin (serve_app/auth.py)."""
+        return await self.tokens.scope_of(token) == Scope.ADMIN
 
 
-def bearer(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return None
-
-
-def require_admin(request: Request) -> None:
-    ctx: AppContext = request.app.state.ctx
-    token = bearer(request)
-    if token is None:
-        raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer <INFERIA_API_TOKEN>)")
-    if not ctx.is_admin(token):
-        raise ApiError(403, "forbidden", "the bearer token is not valid for the admin API")
+__all__ = ["CURRENT", "AppContext", "bearer", "require_admin"]  # bearer, require_admin: from serve_app/auth.py
 
 
 CURRENT: list[AppContext] = []

@@ -440,15 +440,16 @@ async def create_deployment(body: DeploymentCreate, request: Request) -> dict[st
         raise ApiError(404, "pool_not_found", f"pool {body.pool!r} not found", "pool")
     if pool.state != PoolState.ACTIVE:
         raise ApiError(409, "pool_not_active", f"pool {pool.name!r} is {pool.state}", "pool")
-    key = new_secret("ik")
+    key = new_secret("ik")  # the client's key: only its hash is stored
     rec = DeploymentRecord(
         id=new_id("dep"),
         model_id=model.id,
         pool_id=pool.id,
         desired_replicas=body.replicas,
         state=D.PENDING,
-        inference_key=key,
+        inference_key=new_secret("ek"),  # the engines' key, never shown (sealed at rest)
         inference_key_hash=hash_secret(key),
+        rate_limit_rpm=body.rate_limit_rpm,
     )
     rec = await store.insert_deployment(rec)
     await call(ctx_of(request).deployments().notify.remote(), 30)
@@ -473,11 +474,33 @@ async def get_deployment(dep_id: str, request: Request) -> dict[str, Any]:
 async def patch_deployment(dep_id: str, body: DeploymentPatch, request: Request) -> dict[str, Any]:
     store = store_of(request)
     d = await _dep(store, dep_id)
-    updated = await store.set_desired(d.id, body.replicas)
+    updated: DeploymentRecord | None = d
+    if "rate_limit_rpm" in body.model_fields_set:
+        updated = await store.set_rate_limit(d.id, body.rate_limit_rpm)
+        ctx_of(request).limiter.set_limit(d.id, body.rate_limit_rpm)
+    if body.replicas is not None:
+        updated = await store.set_desired(d.id, body.replicas)
+        if updated is None:
+            raise ApiError(409, "deployment_not_active", f"deployment {dep_id} is {d.state}; start it first")
+        await call(ctx_of(request).deployments().notify.remote(), 30)
+    return await _dep_out(request, updated or d)
+
+
+@router.post("/deployments/{dep_id}/rotate-key")
+async def rotate_key(dep_id: str, request: Request) -> dict[str, Any]:
+    """A new inference key, shown this once; the old one is refused from now on. The engines keep their own
+    key (the engine key, which clients never see), so no replica restarts and no request fails."""
+    store = store_of(request)
+    d = await _dep(store, dep_id)
+    key = new_secret("ik")
+    updated = await store.set_inference_key_hash(d.id, hash_secret(key))
     if updated is None:
-        raise ApiError(409, "deployment_not_active", f"deployment {dep_id} is {d.state}; start it first")
-    await call(ctx_of(request).deployments().notify.remote(), 30)
-    return await _dep_out(request, updated)
+        raise not_found("deployment", dep_id)
+    ctx_of(request).forget_key(d.id)
+    await ctx_of(request).keys.reload()  # this replica refuses the old key from the answer on
+    out = await _dep_out(request, updated)
+    out["inference_key"] = key  # shown once, never again
+    return out
 
 
 async def _transition(request: Request, dep_id: str, frm: set[DeploymentState], to: DeploymentState) -> dict[str, Any]:

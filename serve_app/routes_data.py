@@ -8,14 +8,16 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 
+from actors.token_store import Scope, covers
 from serve_app import metrics as metrics_mod
-from serve_app.context import AppContext, bearer, require_admin
+from serve_app.auth import require_gateway, require_metrics
+from serve_app.context import AppContext, bearer
 from serve_app.errors import ApiError
 from serve_app.schemas import HeartbeatIn
 
 router = APIRouter()
 
-_HB_CODES = {403: "forbidden", 404: "node_not_found", 410: "node_gone"}
+_HB_CODES = {403: "forbidden", 404: "node_not_found", 409: "endpoint_refused", 410: "node_gone"}
 
 
 def ctx_of(request: Request) -> AppContext:
@@ -85,7 +87,7 @@ async def routing_table(
     version: int | None = None,
 ) -> Response:
     """ETag = version; If-None-Match -> 304; ?wait=1 long-polls until the version differs."""
-    require_admin(request)
+    await require_gateway(request)
     ctx = ctx_of(request)
     rc = ctx.routing
     if not rc.synced.is_set():
@@ -111,7 +113,10 @@ async def _proxy_auth(request: Request, model: str | None) -> None:
     token = bearer(request)
     if token is None:
         raise ApiError(401, "unauthorized", "missing bearer token (a deployment's inference key or the API token)")
-    if ctx.is_admin(token) or await ctx.inference_key_valid(token, model):
+    if await ctx.admin(token):
+        return
+    if dep_id := await ctx.inference_key_valid(token, model):
+        await ctx.limiter.check(dep_id)  # 429 over the deployment's rate_limit_rpm
         return
     raise ApiError(403, "forbidden", "the key is not valid for this model")
 
@@ -144,7 +149,8 @@ async def models(request: Request) -> dict[str, Any]:
         raise ApiError(401, "unauthorized", "missing bearer token")
     ctx = ctx_of(request)
     names = sorted(ctx.routing.table["models"])
-    if not ctx.is_admin(token):
+    scope = await ctx.tokens.scope_of(token)
+    if scope is None or not covers(scope, Scope.GATEWAY):  # gateway and admin tokens see every model
         names = [n for n in names if await ctx.inference_key_valid(token, n)]
         if not names:
             raise ApiError(403, "forbidden", "the key is not valid for any served model")
@@ -169,4 +175,5 @@ async def healthz(request: Request) -> dict[str, Any]:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     """Prometheus text format, rendered by prometheus_client from this replica's registry (serve_app/metrics.py)."""
+    await require_metrics(request)
     return Response(await ctx_of(request).metrics.render(), media_type=metrics_mod.CONTENT_TYPE)

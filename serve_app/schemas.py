@@ -174,10 +174,22 @@ class DeploymentCreate(Strict):
     model: str = Field(description="model name or id in the registry")
     pool: str = Field(description="pool name or id")
     replicas: int = Field(default=1, ge=0, le=1000)
+    rate_limit_rpm: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="requests per minute accepted with the inference key"
+    )
 
 
 class DeploymentPatch(Strict):
-    replicas: int = Field(ge=0, le=1000)
+    replicas: int | None = Field(default=None, ge=0, le=1000)
+    rate_limit_rpm: int | None = Field(default=None, ge=1, le=1_000_000, description="null removes the limit")
+
+    @model_validator(mode="after")
+    def _something(self) -> DeploymentPatch:
+        if not self.model_fields_set:
+            raise ValueError("give replicas and/or rate_limit_rpm")
+        if "replicas" in self.model_fields_set and self.replicas is None:
+            raise ValueError("replicas: must be an integer")
+        return self
 
 
 class HeartbeatIn(BaseModel):

@@ -28,6 +28,7 @@ from adapters.nosana.jobdef import build_job_definition
 
 DEFAULT_SIDECAR_URL = "http://localhost:3000"
 DEFAULT_TIMEOUT_S = 3600
+DEFAULT_SERVICE_DOMAIN = "node.k8s.prd.nos.ci"  # jobs are served at https://<hash>.node.k8s.prd.nos.ci
 _BASE58 = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{32,44}$")
 
 _STATUS: dict[str, ProviderNodeStatus] = {
@@ -51,7 +52,17 @@ def _positive(config: dict[str, Any], key: str, default: float) -> float:
 
 class NosanaAdapter(ProviderAdapter):
     name = "nosana"
-    capabilities = Capabilities(ephemeral=True, needs_sidecar=True, container_native=True, gpus=True)
+    capabilities = Capabilities(
+        ephemeral=True, needs_sidecar=True, container_native=True, gpus=True, endpoint_moves=True
+    )
+
+    @classmethod
+    def accepts_endpoint(cls, url: str) -> bool:
+        """A redeployed job's URL: https on Nosana's service domain (NOSANA_SERVICE_DOMAIN, the sidecar's
+        NOSANA_SERVICE_URL_TEMPLATE); other hosts only through INFERIA_TRUSTED_ENDPOINT_HOSTS."""
+        domain = os.environ.get("NOSANA_SERVICE_DOMAIN", DEFAULT_SERVICE_DOMAIN).lower().strip(".")
+        m = re.match(r"^https://([a-z0-9-]+)\.([a-z0-9.-]+?)(:\d+)?(/.*)?$", url.lower())
+        return m is not None and m.group(2) == domain
 
     def __init__(self, pool_id: str, config: dict[str, Any] | None = None, data_dir: str | None = None) -> None:
         super().__init__(pool_id, config, data_dir)

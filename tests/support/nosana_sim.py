@@ -47,6 +47,8 @@ def expose_adapter_to_workers() -> None:
     paths = [str(base), str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     sys.path.insert(0, str(base))
+    # the simulated hosts serve on this machine's loopback: trust it for moving endpoints (actors/endpoints.py)
+    os.environ["INFERIA_TRUSTED_ENDPOINT_HOSTS"] = "127.0.0.1"
 
 
 class Proc:

@@ -1,0 +1,83 @@
+"""Secrets at rest (actors/secretbox.py), token scopes (actors/token_store.py), the per-key rate limit."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from pathlib import Path
+
+import pytest
+
+from actors.runtime import RuntimeConfig
+from actors.secretbox import SecretBox, SecretBoxError, load_or_create_master_key
+from actors.token_store import Scope, covers
+from serve_app.ratelimit import RateLimited, RateLimiter
+from tests.unit.fakes import FakeClock
+
+
+def test_master_key_created_0600_once_and_env_wins(tmp_path: Path) -> None:
+    key, created = load_or_create_master_key(tmp_path)
+    assert created and stat.S_IMODE((tmp_path / "master_key").stat().st_mode) == 0o600
+    assert load_or_create_master_key(tmp_path) == (key, False)
+    (tmp_path / "other").mkdir()
+    env_key, _ = load_or_create_master_key(tmp_path / "other")
+    assert env_key != key
+    assert load_or_create_master_key(tmp_path, env_key) == (env_key, False)  # INFERIA_MASTER_KEY wins
+    with pytest.raises(ValueError, match="INFERIA_MASTER_KEY"):
+        load_or_create_master_key(tmp_path, "not-a-key")
+
+
+def test_seal_open_and_no_clear_text(tmp_path: Path) -> None:
+    key, _ = load_or_create_master_key(tmp_path)
+    box = SecretBox(key)
+    sealed = box.seal("ek_secret-value")
+    assert "ek_secret-value" not in sealed and box.is_sealed(sealed)
+    assert box.open(sealed) == "ek_secret-value"
+    assert box.open("ik_plain-from-before") == "ik_plain-from-before"  # migrated on boot
+    (tmp_path / "other").mkdir()
+    other, _ = load_or_create_master_key(tmp_path / "other")
+    with pytest.raises(SecretBoxError) as info:
+        SecretBox(other).open(sealed)
+    assert "ek_secret" not in str(info.value)
+    assert key not in repr(box)
+
+
+def test_master_key_hidden_from_runtime_config_repr() -> None:
+    cfg = RuntimeConfig(dsn="d", redis_url="r", data_dir="/x", public_url="http://h", master_key="SECRETKEY")
+    assert "SECRETKEY" not in repr(cfg) and cfg.to_dict()["master_key"] == "SECRETKEY"
+
+
+def test_scopes_are_ordered() -> None:
+    assert covers(Scope.ADMIN, Scope.GATEWAY) and covers(Scope.GATEWAY, Scope.METRICS)
+    assert not covers(Scope.GATEWAY, Scope.ADMIN) and not covers(Scope.METRICS, Scope.GATEWAY)
+
+
+def test_rate_limit_bucket_and_retry_after() -> None:
+    clock = FakeClock(0.0)
+    limits = {"d1": 60, "d2": None}
+    lookups: list[str] = []
+
+    async def lookup(dep: str) -> int | None:
+        lookups.append(dep)
+        return limits[dep]
+
+    rl = RateLimiter(lookup, clock=clock)
+
+    async def run() -> None:
+        for _ in range(60):  # a full bucket: a burst of rpm requests passes
+            await rl.check("d1")
+        with pytest.raises(RateLimited) as info:
+            await rl.check("d1")
+        assert info.value.retry_after_s == 1
+        clock.advance(1.0)  # 60/min refills one per second
+        await rl.check("d1")
+        with pytest.raises(RateLimited):
+            await rl.check("d1")
+        for _ in range(500):
+            await rl.check("d2")  # no limit
+        await rl.check(None)
+        rl.set_limit("d1", None)  # PATCH through this replica: at once
+        await rl.check("d1")
+
+    asyncio.run(run())
+    assert lookups == ["d1", "d2"]  # cached for LIMIT_TTL_S
