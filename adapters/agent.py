@@ -121,6 +121,8 @@ class AgentConfig:
     probe_key: str | None = None
     # tried when heartbeat_url cannot be reached (e.g. the API's direct-ingress port while its replica restarts)
     fallback_url: str | None = None
+    # the engine's Prometheus metrics (its queue goes into each heartbeat); None: the engine serves none
+    metrics_path: str | None = None
 
     def __repr__(self) -> str:  # never print the token, the key or the engine env
         return (
@@ -160,6 +162,7 @@ class Agent:
         self._last_beat_outcome: str | None = None
         self._pending_failure: str | None = None
         self._secrets = cfg.secrets()
+        self._metrics_off_until = 0.0  # after a 404 (no metrics served) the scrape pauses
 
     # ------------------------------------------------------------------ control
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
@@ -315,7 +318,25 @@ class Agent:
             "ram_used_mb": ram,
             "gpu_util": None,
             "reason": self.reason,
+            **self.engine_metrics(),
         }
+
+    def engine_metrics(self) -> dict[str, float]:
+        """The engine's own queue from its Prometheus metrics (engine_running, engine_waiting, engine_kv_cache),
+        scraped once per heartbeat while the engine is ready; {} when it serves none or the scrape fails."""
+        path = self.cfg.metrics_path
+        if not path or self.state != "ready" or not self.cfg.endpoint or time.monotonic() < self._metrics_off_until:
+            return {}
+        headers = {"Authorization": f"Bearer {self.cfg.probe_key}"} if self.cfg.probe_key else {}
+        try:
+            resp = self._client.get(self.cfg.endpoint.rstrip("/") + path, headers=headers, timeout=METRICS_TIMEOUT_S)
+        except httpx.HTTPError:
+            return {}
+        if resp.status_code in (404, 501):
+            log.info("the engine serves no metrics at %s (HTTP %d); heartbeats carry none", path, resp.status_code)
+            self._metrics_off_until = time.monotonic() + METRICS_RETRY_S
+            return {}
+        return parse_engine_metrics(resp.text) if resp.is_success else {}
 
     def _beat(self) -> int | None:
         """POST one heartbeat; the HTTP status, None when the control plane was unreachable."""
@@ -342,6 +363,48 @@ class Agent:
         if outcome != self._last_beat_outcome:
             log.log(level, "%s", outcome)
             self._last_beat_outcome = outcome
+
+
+# Prometheus series -> heartbeat field: vLLM, and llama.cpp's llama-server (with --metrics)
+ENGINE_SERIES: dict[str, str] = {
+    "vllm:num_requests_running": "engine_running",
+    "vllm:num_requests_waiting": "engine_waiting",
+    "vllm:kv_cache_usage_perc": "engine_kv_cache",  # a fraction despite the name
+    "vllm:gpu_cache_usage_perc": "engine_kv_cache",  # before vLLM 0.10
+    "llamacpp:requests_processing": "engine_running",
+    "llamacpp:requests_deferred": "engine_waiting",
+    "llamacpp:kv_cache_usage_ratio": "engine_kv_cache",
+}
+METRICS_TIMEOUT_S = 1.0
+METRICS_RETRY_S = 60.0
+
+
+def parse_engine_metrics(text: str) -> dict[str, float]:
+    """The engine queue fields from a Prometheus text exposition: counts summed over label sets (one engine
+    may report per model), the KV-cache fraction as the largest one; malformed lines are skipped."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name_end = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=-1)
+        if name_end <= 0:
+            continue
+        target = ENGINE_SERIES.get(line[:name_end])
+        if target is None:
+            continue
+        rest = line[line.find("}") + 1 :] if line[name_end] == "{" else line[name_end:]
+        parts = rest.split()
+        try:
+            value = float(parts[0])
+        except (IndexError, ValueError):
+            continue
+        if value != value or value < 0 or value == float("inf"):  # NaN, negative, inf: not a queue
+            continue
+        if target == "engine_kv_cache":
+            out[target] = min(1.0, max(out.get(target, 0.0), value))
+        else:
+            out[target] = out.get(target, 0.0) + value
+    return out
 
 
 def _metrics() -> tuple[float | None, int | None]:
@@ -414,6 +477,7 @@ def command_line(
     engine_cmd: Sequence[str] | None = None,
     post_start_cmd: Sequence[str] | None = None,
     script: str | None = None,
+    metrics_path: str | None = None,
 ) -> list[str]:
     """The argv that starts this agent, for providers (local processes, a VM's run step). Secrets never
     go here: the token and engine env travel in the environment. `script`: run this file (a copy of this
@@ -428,6 +492,8 @@ def command_line(
         argv += ["--engine-cmd", json.dumps(list(engine_cmd))]
         if post_start_cmd:
             argv += ["--post-start-cmd", json.dumps(list(post_start_cmd))]
+        if metrics_path:
+            argv += ["--metrics-path", metrics_path]
     return argv
 
 
@@ -443,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-log", default=None, help="file the engine's output is appended to")
     p.add_argument("--post-start-cmd", default=None, help="argv (JSON list) run once the engine answers")
     p.add_argument("--heartbeat-fallback-url", default=None, help="used when --heartbeat-url is unreachable")
+    p.add_argument("--metrics-path", default=None, help="engine's Prometheus metrics path (its queue is reported)")
     return p
 
 
@@ -471,6 +538,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Agent
         engine_log=args.engine_log,
         post_start_cmd=_json_list(args.post_start_cmd, "--post-start-cmd"),
         probe_key=probe_key,
+        metrics_path=args.metrics_path,
     )
 
 
