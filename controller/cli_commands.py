@@ -361,7 +361,7 @@ models_app = typer.Typer(help="The model registry: what can be deployed.", no_ar
 @handle_errors
 def models_register(
     name: Annotated[str, typer.Argument(help="Model name (used in requests as `model`)")],
-    engine: Annotated[str, typer.Option(help="llamacpp, vllm, ollama or custom")],
+    engine: Annotated[str, typer.Option(help="llamacpp (llama-server), llamacpp-python, vllm, ollama or custom")],
     source: Annotated[str | None, typer.Option(help="HF id, GGUF path/URL or ollama tag")] = None,
     arg: Annotated[
         list[str] | None, typer.Option("--arg", help="Engine argument (repeatable; use --arg=--flag for flags)")

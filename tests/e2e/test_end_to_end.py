@@ -78,7 +78,7 @@ def engine_pids(data_dir: Path) -> list[int]:
     for pid in cpl.processes_under(data_dir):
         try:
             cmd = psutil.Process(pid).cmdline()
-            if cmd[1:3] == ["-m", "llama_cpp.server"]:  # the engine itself, not its agent
+            if Path(cmd[0]).name == "llama-server":  # the engine itself (llama.cpp's server), not its agent
                 out.append(pid)
         except psutil.NoSuchProcess:
             pass
@@ -124,10 +124,10 @@ def test_user_journey(cli: Cli) -> None:
         "llamacpp",
         "--source",
         gguf_path(),
-        "--arg=--n_threads",
+        "--arg=-t",  # llama-server's options: -t/--threads, -c/--ctx-size
         "--arg",
         "1",
-        "--arg=--n_ctx",
+        "--arg=-c",
         "--arg",
         "512",
     )
