@@ -33,6 +33,8 @@ def test_seal_open_and_no_clear_text(tmp_path: Path) -> None:
     sealed = box.seal("ek_secret-value")
     assert "ek_secret-value" not in sealed and box.is_sealed(sealed)
     assert box.open(sealed) == "ek_secret-value"
+    assert box.open(sealed) == "ek_secret-value"  # remembered: a reload of every key decrypts nothing again
+    assert box.seal("ek_secret-value") != sealed  # a random IV per seal
     assert box.open("ik_plain-from-before") == "ik_plain-from-before"  # migrated on boot
     (tmp_path / "other").mkdir()
     other, _ = load_or_create_master_key(tmp_path / "other")
