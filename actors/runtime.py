@@ -81,8 +81,12 @@ class RuntimeConfig:
             return None
         return self.public_url.rstrip("/") + "/inventory/heartbeat"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self, master_key: bool = True) -> dict[str, Any]:
+        """master_key=False for the actors that never open a key (inventory, pools: adapters run there)."""
+        d = asdict(self)
+        if not master_key:
+            d["master_key"] = ""
+        return d
 
 
 # Placement on a cluster of several Ray nodes. The actors need no CPU (num_cpus=0), but an actor that asks
@@ -160,7 +164,8 @@ def get_pool_actor(pool_id: str, cfg: RuntimeConfig | None = None) -> PoolRef:
     from actors.pool import PoolActor
 
     key = pool_id if host_index(name) is None else name
-    handle = PoolActor.options(**pool_actor_options(name)).remote(key, cfg.to_dict())  # type: ignore[attr-defined]
+    cfg_dict = cfg.to_dict(master_key=False)  # pool actors run the adapters: they never see the master key
+    handle = PoolActor.options(**pool_actor_options(name)).remote(key, cfg_dict)  # type: ignore[attr-defined]
     return PoolRef(handle, pool_id, name)
 
 

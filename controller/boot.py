@@ -268,7 +268,8 @@ class ControlPlane:
 
         assert self.cfg is not None
         cfg = self.cfg.to_dict()
-        inv = InventoryActor.options(**actor_options(INVENTORY)).remote(cfg)  # type: ignore[attr-defined]
+        no_key = self.cfg.to_dict(master_key=False)  # the inventory opens no key
+        inv = InventoryActor.options(**actor_options(INVENTORY)).remote(no_key)  # type: ignore[attr-defined]
         ray.get(inv.ready.remote(), timeout=120)
         pools = asyncio.run(_active_pools(dsn))
         handles = [get_pool_actor(pid, self.cfg) for pid in pools]

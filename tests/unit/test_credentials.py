@@ -47,6 +47,7 @@ def test_seal_open_and_no_clear_text(tmp_path: Path) -> None:
 def test_master_key_hidden_from_runtime_config_repr() -> None:
     cfg = RuntimeConfig(dsn="d", redis_url="r", data_dir="/x", public_url="http://h", master_key="SECRETKEY")
     assert "SECRETKEY" not in repr(cfg) and cfg.to_dict()["master_key"] == "SECRETKEY"
+    assert cfg.to_dict(master_key=False)["master_key"] == ""  # the inventory and the pool actors (adapters)
 
 
 def test_scopes_are_ordered() -> None:
