@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from actors.records import secret_matches
 from actors.runtime import DEPLOYMENTS, INVENTORY, RuntimeConfig, call, get_actor, get_pool_actor
 from actors.storage import Store
 from actors.token_store import Scope
+from serve_app import metrics as metrics_mod
+from serve_app import openai_errors
 from serve_app.auth import TokenCache, bearer, require_admin
 from serve_app.batcher import MicroBatcher
+from serve_app.inference_keys import DeploymentKey, KeyIndex
 from serve_app.live_nodes import LiveNodes
 from serve_app.metrics import ReplicaMetrics
 from serve_app.proxy import InferenceProxy
-from serve_app.ratelimit import RateLimiter
+from serve_app.ratelimit import RateLimited, RateLimiter
 from serve_app.routing_cache import RoutingCache
 
 
@@ -36,10 +37,17 @@ class AppContext:
         self.heartbeats: MicroBatcher[dict[str, Any], tuple[int, str | None, str | None]] = MicroBatcher(
             self._flush_heartbeats
         )
-        self._keys: dict[str, tuple[str, str, float]] = {}  # deployment_id -> (key, hash, fetched_at)
-        self.proxy = InferenceProxy(self.routing, self.inference_key)
+        self.keys = KeyIndex(self.deployment_keys)  # inference key hash -> deployment (serve_app/inference_keys.py)
         self.tokens = TokenCache(api_token_hash, lambda: self.store)  # scoped API tokens (serve_app/auth.py)
         self.limiter = RateLimiter(self._rate_limit_of)  # per-key requests per minute (serve_app/ratelimit.py)
+        self.proxy = InferenceProxy(
+            self.routing,
+            self.keys,
+            self._proxy_admin,
+            observe=metrics_mod.observe_request,
+            waiting=metrics_mod.request_waiting,
+            rate_check=self._proxy_rate_check,
+        )
         self.counters = Counters()
         self.live_nodes = LiveNodes(self._all_nodes)  # the inventory's view, shared for ~1 s (console, /metrics)
         self.metrics = ReplicaMetrics(self._metrics_snapshot)
@@ -94,32 +102,31 @@ class AppContext:
         return await call(self.inventory().heartbeats.remote(beats, from_ingress=True), 30)  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------ secrets
-    async def inference_key(self, deployment_id: str) -> str | None:
-        hit = self._keys.get(deployment_id)
-        if hit and time.monotonic() - hit[2] < 60:
-            return hit[0]
+    async def deployment_keys(self) -> list[DeploymentKey]:
+        """Every deployment's inference key hash, model and engine key: what the proxy's key index holds
+        (the one place that says where the engine key comes from)."""
         assert self.store is not None
-        dep = await self.store.get_deployment(deployment_id)
-        if dep is None:
-            return None
-        self._keys[deployment_id] = (dep.inference_key, dep.inference_key_hash, time.monotonic())
-        return dep.inference_key
+        names = {m.id: m.name for m in await self.store.list_models()}
+        return [
+            DeploymentKey(
+                d.id, names.get(d.model_id, ""), d.inference_key_hash, d.inference_key or None, d.rate_limit_rpm
+            )
+            for d in await self.store.list_deployments()
+        ]
 
-    async def inference_key_valid(self, token: str, model: str | None) -> str | None:
-        """The deployment whose inference key the token is, when it serves this model (else None)."""
-        if not model:
-            return None
-        for ep in self.routing.endpoints(model):
-            dep_id = ep.get("deployment_id")
-            if dep_id and await self.inference_key(dep_id) is not None:
-                _, digest, _ = self._keys[dep_id]
-                if secret_matches(token, digest):
-                    return dep_id
-        return None
+    async def _proxy_admin(self, token: str, digest: str) -> bool:
+        """May this token (not a deployment's key) use every model through the proxy: an admin token."""
+        return await self.admin(token)
+
+    async def _proxy_rate_check(self, deployment_id: str) -> None:
+        try:
+            await self.limiter.check(deployment_id)
+        except RateLimited as exc:
+            raise openai_errors.rate_limited(str(exc), exc.retry_after_s) from exc
 
     def forget_key(self, deployment_id: str) -> None:
-        """The deployment's key changed (rotate-key): read it again."""
-        self._keys.pop(deployment_id, None)
+        """The deployment's key changed (rotate-key): read the keys again before the next request."""
+        self.keys.invalidate()
 
     async def _rate_limit_of(self, deployment_id: str) -> int | None:
         assert self.store is not None

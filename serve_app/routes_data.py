@@ -8,8 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 
+from actors.records import hash_secret
 from actors.token_store import Scope, covers
 from serve_app import metrics as metrics_mod
+from serve_app import openai_errors
 from serve_app.auth import require_gateway, require_metrics
 from serve_app.context import AppContext, bearer
 from serve_app.errors import ApiError
@@ -108,58 +110,62 @@ async def routing_table(
 
 
 # ---------------------------------------------------------------- OpenAI-compatible proxy
-async def _proxy_auth(request: Request, model: str | None) -> None:
-    ctx = ctx_of(request)
-    token = bearer(request)
-    if token is None:
-        raise ApiError(401, "unauthorized", "missing bearer token (a deployment's inference key or the API token)")
-    if await ctx.admin(token):
-        return
-    if dep_id := await ctx.inference_key_valid(token, model):
-        await ctx.limiter.check(dep_id)  # 429 over the deployment's rate_limit_rpm
-        return
-    raise ApiError(403, "forbidden", "the key is not valid for this model")
+# The proxy works at the ASGI level (serve_app/proxy.py): on the data port the front app (serve_app/app.py)
+# hands these two paths to it before FastAPI; through Serve's proxy port these routes do the same.
+class _Proxied(Response):
+    """A response that is the proxy's whole ASGI exchange (it reads the body and answers by itself)."""
 
+    def __init__(self, ctx: AppContext) -> None:
+        super().__init__()
+        self.ctx = ctx
 
-async def _forward(request: Request, path: str) -> Response:
-    body = await _json(request)
-    if not isinstance(body, dict):
-        raise ApiError(422, "invalid_request", "body: must be an object", "body")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise ApiError(422, "invalid_request", "model: field required", "model")
-    await _proxy_auth(request, model)
-    return await ctx_of(request).proxy.forward(path, body)
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # Serve cancels the request when its client goes away: no disconnect watch needed here
+        await self.ctx.proxy.handle(scope, receive, send, watch_client=False)
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    return await _forward(request, "/v1/chat/completions")
+    """OpenAI chat completions (streamed with `"stream": true`), answered by a replica of the model."""
+    return _Proxied(ctx_of(request))
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
-    return await _forward(request, "/v1/completions")
+    """OpenAI completions (streamed with `"stream": true`), answered by a replica of the model."""
+    return _Proxied(ctx_of(request))
 
 
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
+    """The models this token may use: a deployment's key sees its own, gateway and admin tokens all."""
+    ctx = ctx_of(request)
     token = bearer(request)
     if token is None:
-        raise ApiError(401, "unauthorized", "missing bearer token")
-    ctx = ctx_of(request)
-    names = sorted(ctx.routing.table["models"])
-    scope = await ctx.tokens.scope_of(token)
-    if scope is None or not covers(scope, Scope.GATEWAY):  # gateway and admin tokens see every model
-        names = [n for n in names if await ctx.inference_key_valid(token, n)]
-        if not names:
-            raise ApiError(403, "forbidden", "the key is not valid for any served model")
+        raise openai_errors.missing_key()
+    routed = ctx.routing.table["models"]
+    digest = hash_secret(token)
+    ctx.keys.note_version(ctx.routing.version)
+    grant = ctx.keys.get(digest)
+    if grant is None:
+        scope = await ctx.tokens.scope_of(token)
+        if scope is not None and covers(scope, Scope.GATEWAY):
+            names = sorted(set(routed) | ctx.keys.models)
+            return _model_list([(n, len(routed.get(n, []))) for n in names])
+        try:
+            grant = await ctx.keys.lookup_miss(digest)
+        except Exception as exc:
+            raise openai_errors.unavailable(type(exc).__name__) from exc
+        if grant is None:
+            raise openai_errors.invalid_key()
+    mine = [e for e in routed.get(grant.model, []) if e.get("deployment_id") == grant.deployment_id]
+    return _model_list([(grant.model, len(mine))])
+
+
+def _model_list(models: list[tuple[str, int]]) -> dict[str, Any]:
     return {
         "object": "list",
-        "data": [
-            {"id": n, "object": "model", "owned_by": "inferia", "replicas": len(ctx.routing.endpoints(n))}
-            for n in names
-        ],
+        "data": [{"id": n, "object": "model", "owned_by": "inferia", "replicas": k} for n, k in models],
     }
 
 
