@@ -325,8 +325,8 @@ class SkyPilotAdapter(ProviderAdapter):
             if placement is None:
                 if offers is None:
                     offers = await self._offers_quietly()
-                port = pick_port(node_id, self.cfg.port_range, None)
-                placement = self._placement_of(rec, port, offers) if offers else None
+                guess = pick_port(node_id, self.cfg.port_range, None)  # a model's own port is not known here
+                placement = self._placement_of(rec, guess, offers) if offers else None
             port = int(placement.resources.ports[0]) if placement and placement.resources.ports else None
             endpoint = await self._listed_endpoint(rec, port)
             out.append(self._to_node(node_id, rec.name, placement, rec, endpoint, port, {"status": rec.status}))

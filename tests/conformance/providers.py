@@ -416,7 +416,7 @@ class KubernetesHarness(Harness):
     async def instances(self, pool_id: str) -> set[str]:
         lists = await asyncio.to_thread(self._lists)
         return {
-            (o.metadata.labels or {}).get("inferia.node")
+            str((o.metadata.labels or {}).get("inferia.node"))
             for kind in ("deployment", "service", "secret")
             for o in lists[kind]
             if (o.metadata.labels or {}).get("inferia.pool") == pool_id and o.metadata.deletion_timestamp is None
