@@ -75,6 +75,7 @@ def _detach(settings: Settings, address: str | None, keep_nodes: bool, dashboard
         cmd.append("--keep-nodes")
     if not dashboard:
         cmd.append("--no-dashboard")
+    offset = log_path.stat().st_size if log_path.exists() else 0
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     env = dict(os.environ, INFERIA_DETACHED_CHILD="1")  # the child never prints the token into its log
     with os.fdopen(fd, "ab") as logf:
@@ -83,6 +84,9 @@ def _detach(settings: Settings, address: str | None, keep_nodes: bool, dashboard
     with console.status("starting the control plane in the background ...", spinner="dots"):
         while time.monotonic() < deadline:
             if proc.poll() is not None:
+                with open(log_path, "rb") as f:  # its own short output: which stage failed and why
+                    f.seek(offset)
+                    console.print(f.read().decode(errors="replace").rstrip(), markup=False, highlight=False)
                 console.print(f"[red]error:[/red] the control plane exited; see {log_path}")
                 raise typer.Exit(1)
             info = runtime_file.read(settings.data_dir)

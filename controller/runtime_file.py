@@ -45,6 +45,7 @@ class RuntimeInfo:
     redis_embedded: bool = False
     redis_url: str | None = None
     log_file: str | None = None
+    ports: dict[str, int] = field(default_factory=dict)  # api, data, redis (embedded), dashboard
 
     @classmethod
     def for_this_process(cls, data_dir: Path, **kw: Any) -> RuntimeInfo:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from controller import runtime_file
 from controller.config import Settings
@@ -141,7 +142,7 @@ def run(settings: Settings, *, keep_nodes: bool, verbose: bool, term: Console) -
         code = 1
     except Exception as exc:
         logging.getLogger(__name__).exception("start-up failed")
-        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", soft_wrap=True, markup=False)
+        console.print(f"[red]error:[/red] {escape(f'{type(exc).__name__}: {exc}')}", soft_wrap=True)
         console.print(f"the full log is in {path}", highlight=False)
         code = 1
     finally:

@@ -126,6 +126,9 @@ def test_readme_walkthrough_runs_as_written(shell: Shell, tmp_path: Path) -> Non
     # the start, as a new user sees it
     t0 = time.monotonic()
     up = shell.run(UP, timeout=400)
+    log = (data_dir / "up.log").read_text(errors="replace") if (data_dir / "up.log").exists() else ""
+    if up.returncode != 0 and "timed out during startup" in log:  # Ray's fixed raylet wait on a loaded machine
+        up = shell.run(UP, timeout=400)
     assert up.returncode == 0, up.stdout + up.stderr
     printed = up.stdout.splitlines()
     before_token = next(i for i, line in enumerate(printed) if "admin API token" in line)

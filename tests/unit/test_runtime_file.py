@@ -169,3 +169,25 @@ def test_an_older_file_without_a_start_time_never_matches(data_dir: Path) -> Non
     runtime_file.path_for(data_dir).write_text(json.dumps({"pid": os.getpid(), "api_url": "http://127.0.0.1:8000"}))
     info = runtime_file.read(data_dir)
     assert info is not None and runtime_file.owner_alive(info, require_up_command=False) is None
+
+
+def test_a_first_start_that_fails_forgets_the_token_it_never_showed(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Otherwise the next (successful) start finds a token file and never prints the admin token."""
+    from controller.boot import ControlPlane, token_file
+    from controller.config import load_settings
+    from controller.services import EmbeddedPostgres
+
+    def fail(self: EmbeddedPostgres) -> str:
+        raise RuntimeError("postgres would not start")
+
+    monkeypatch.setattr(EmbeddedPostgres, "start", fail)
+    monkeypatch.delenv("INFERIA_API_TOKEN", raising=False)
+    settings = load_settings()
+    cp = ControlPlane(settings)
+    with pytest.raises(RuntimeError, match="would not start"):
+        cp.start()
+    assert not token_file(settings).exists()
+    cp.stop()
+    assert not runtime_file.path_for(data_dir).exists()
