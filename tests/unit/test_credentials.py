@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,3 +85,39 @@ def test_rate_limit_bucket_and_retry_after() -> None:
 
     asyncio.run(run())
     assert lookups == ["d1", "d2"]  # cached for LIMIT_TTL_S
+
+
+def _request(client_host: str, open_on_loopback: bool, token: str | None = None) -> Any:
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from actors.records import hash_secret
+    from serve_app.auth import TokenCache
+
+    ctx = SimpleNamespace(
+        cfg=SimpleNamespace(metrics_open_on_loopback=open_on_loopback),
+        tokens=TokenCache(hash_secret("it_admin"), lambda: None),
+    )
+    app = SimpleNamespace(state=SimpleNamespace(ctx=ctx))
+    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    return Request({"type": "http", "client": (client_host, 40000), "headers": headers, "app": app})
+
+
+def test_metrics_needs_a_token_unless_opened_on_loopback() -> None:
+    from serve_app.auth import require_metrics
+    from serve_app.errors import ApiError
+
+    async def status(req: Any) -> int:
+        try:
+            await require_metrics(req)
+        except ApiError as exc:
+            return exc.status
+        return 200
+
+    assert asyncio.run(status(_request("127.0.0.1", False))) == 401
+    assert asyncio.run(status(_request("127.0.0.1", False, "it_wrong"))) == 403
+    assert asyncio.run(status(_request("127.0.0.1", False, "it_admin"))) == 200
+    assert asyncio.run(status(_request("127.0.0.1", True))) == 200
+    assert asyncio.run(status(_request("::1", True))) == 200
+    assert asyncio.run(status(_request("10.0.0.8", True))) == 401  # opened on loopback only
