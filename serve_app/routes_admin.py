@@ -239,10 +239,14 @@ async def list_nodes(
     recs, total = await store.page_nodes(
         pool_id=pool_id, states=states, deployment_id=deployment, search=q, limit=limit, offset=offset
     )
-    live = await ctx_of(request).live_nodes.get()
+    cache = ctx_of(request).live_nodes
+    live = await cache.get()
+    if any(r.id not in live and r.state in NODE_ALIVE for r in recs):  # created since the cached copy
+        cache.invalidate()
+        live = await cache.get()
     items = []
     for rec in recs:
-        d = rec.public()
+        d = rec.public() | {"seconds_since_heartbeat": None, "reason": rec.state_reason, "engine_ready": None}
         view = live.get(rec.id)
         if view:
             d.update({k: view.get(k) for k in _LIVE_FIELDS})

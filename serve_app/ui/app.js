@@ -211,13 +211,28 @@ async function deleteNode(id) {
 
 // ------------------------------------------------------------------ deployments
 function extraState(d) {
-  // autoscaling and rolling-update fields appear in the API's answer once those features exist: show them as they are
+  // autoscaling and rolling-update state, when the API's answer carries them (shown as they come otherwise)
   const parts = [];
-  for (const [k, v] of Object.entries(d)) {
-    if (/autoscal|update|rollout|generation|target_generation/i.test(k) && k !== "updated_at" && v !== null && v !== undefined) {
+  const a = d.autoscaling;
+  if (a && typeof a === "object") {
+    parts.push(`autoscaling ${a.min_replicas ?? "?"}-${a.max_replicas ?? "?"}, target ${a.target_ongoing_requests ?? "?"} ongoing/replica`);
+    const last = d.autoscaler;
+    if (last && typeof last === "object" && last.reason) parts.push(`last decision: ${last.desired ?? ""} (${last.reason})`);
+  }
+  const r = d.rollout;
+  if (r && typeof r === "object") {
+    let line = `update ${r.phase ?? ""}: generation ${r.current_generation ?? "?"} -> ${r.target_generation ?? "?"}`;
+    if (r.updated !== undefined) line += `, ${r.updated} updated`;
+    if (r.last_failure) line += `, last failure: ${r.last_failure}`;
+    parts.push(line);
+  }
+  for (const [k, v] of Object.entries(d)) {  // fields of features this page does not know yet
+    if (["autoscaling", "autoscaler", "rollout", "updated_at"].includes(k)) continue;
+    if (/autoscal|rollout|update/i.test(k) && v !== null && v !== undefined) {
       parts.push(`${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`);
     }
   }
+  if (!parts.length && d.generation > 1) parts.push(`generation ${d.generation}`);
   return parts.join("\n");
 }
 
