@@ -1,10 +1,12 @@
 """Run every benchmark, one after the other, each in its own process (each boots its own Ray).
 
-    .venv/bin/python -m bench [--quick] [--only heartbeats,storage,routing,detection,replicas,scale] [--log FILE]
+    .venv/bin/python -m bench [--quick] [--only heartbeats,storage,routing,detection,replicas,scale,proxy]
+        [--log FILE]
 
 Full sizes by default (about 15 minutes on the 2-core VM); `--quick` shrinks every benchmark to check
 that it runs (its figures are not the ones to record). The heartbeat and routing benchmarks need
-Debian's `wrk` (apt-get install wrk). Output goes to stdout and, with --log, to FILE as well.
+Debian's `wrk` (apt-get install wrk); the proxy benchmark uses it when installed (and says so when not).
+Output goes to stdout and, with --log, to FILE as well.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ FULL: dict[str, list[str]] = {
     "detection": ["--intervals", "1,5", "--trials", "3"],
     "replicas": ["--replicas", "1000"],
     "scale": ["--pools", "100", "--nodes-per-pool", "100", "--pool-hosts", "4"],
+    "proxy": ["--seconds", "8", "--concurrency", "16,256", "--streams", "1000"],
 }
 QUICK: dict[str, list[str]] = {
     "heartbeats": ["--seconds", "2", "--nodes", "100"],
@@ -32,6 +35,7 @@ QUICK: dict[str, list[str]] = {
     "detection": ["--intervals", "1", "--trials", "1", "--nodes", "20"],
     "replicas": ["--replicas", "100"],
     "scale": ["--pools", "4", "--nodes-per-pool", "50", "--pool-hosts", "2"],
+    "proxy": ["--seconds", "2", "--concurrency", "16", "--streams", "100"],
 }
 
 

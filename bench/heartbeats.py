@@ -118,14 +118,14 @@ def wrk_get(url: str, token: str, etag: str | None, seconds: float, conc: int = 
     return _run_wrk(script, url, seconds, conc)
 
 
-def _run_wrk(script: str, url: str, seconds: float, conc: int) -> dict[str, float]:
+def _run_wrk(script: str, url: str, seconds: float, conc: int, threads: int = 2) -> dict[str, float]:
     exe = shutil.which("wrk")
     assert exe is not None
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
     try:
         out = subprocess.run(
-            [exe, "-t2", f"-c{conc}", f"-d{max(1, int(seconds))}s", "--latency", "-s", f.name, url],
+            [exe, f"-t{threads}", f"-c{conc}", f"-d{max(1, int(seconds))}s", "--latency", "-s", f.name, url],
             capture_output=True,
             text=True,
             timeout=seconds + 30,

@@ -3,9 +3,11 @@ upstream of the proxy's unit tests and of bench/proxy.py. Third-party imports: u
 as a `custom` engine's command line.
 
     python tests/support/fast_engine.py --port 20001 --model tiny [--api-key-env INFERIA_INFERENCE_KEY]
+        [--chunk-delay-ms 20 --words 10]
 
 GET /health, GET /v1/models, POST /v1/chat/completions and POST /v1/completions (with `"stream": true` as
-server-sent events, one event per word). Answers echo the last user message / the prompt and carry
+server-sent events, one event per word). Answers echo the last user message / the prompt (followed by
+`max_tokens` words when the request sets it, else by --words) and carry
 `"served_by": "<name>"`. When the env var named by --api-key-env is set, the /v1 routes require
 `Authorization: Bearer <that value>`.
 
@@ -134,7 +136,9 @@ class Engine:
             else:
                 prompt = req.get("prompt", "")
                 text = f"echo: {prompt[-1] if isinstance(prompt, list) and prompt else prompt}"
-            text += "".join(f" w{i}" for i in range(b.words))
+            max_tokens = req.get("max_tokens")
+            words = max_tokens if isinstance(max_tokens, int) and 0 < max_tokens <= 100_000 else b.words
+            text += "".join(f" w{i}" for i in range(words))
             common = {"id": f"cmpl-{time.monotonic_ns()}", "created": int(time.time()), "model": req.get("model")}
             common["served_by"] = self.served_by
             if req.get("stream"):
@@ -217,8 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--api-key-env", default="INFERIA_INFERENCE_KEY")
+    parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="between two events of a stream")
+    parser.add_argument("--words", type=int, default=0, help="extra words in every answer (longer streams)")
     args = parser.parse_args(argv)
     engine = Engine(args.model, os.environ.get(args.api_key_env) or None, served_by=str(args.port))
+    engine.behaviour.chunk_delay_s = args.chunk_delay_ms / 1000.0
+    engine.behaviour.words = args.words
     print(f"fast_engine serving {args.model!r} on {args.host}:{args.port}", flush=True)
     uvicorn.Server(_config(engine, host=args.host, port=args.port)).run()
     return 0
