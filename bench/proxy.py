@@ -127,6 +127,70 @@ async def _client(url: str, body: bytes, token: str, seconds: float, conc: int, 
     }
 
 
+# ---------------------------------------------------------------- the upstream client choice
+def relay(client: str, port: int, upstream: str) -> None:
+    """A minimal raw-ASGI relay on uvicorn: POST body -> upstream, answer back; with httpx (tuned: a
+    connection pool as large as the load, no proxy lookup) or aiohttp (the proxy's settings)."""
+    import uvicorn
+
+    state: dict[str, Any] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        message = await receive()
+        body = message.get("body", b"")
+        while message.get("more_body"):
+            message = await receive()
+            body += message.get("body", b"")
+        url = upstream + scope["path"]
+        headers = {"content-type": "application/json"}
+        if client == "httpx":
+            import httpx
+
+            c = state.get("c")
+            if c is None:
+                limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
+                c = state["c"] = httpx.AsyncClient(limits=limits, timeout=300, trust_env=False)
+            r = await c.post(url, content=body, headers=headers)
+            status, data, ct = r.status_code, r.content, r.headers.get("content-type", "")
+        else:
+            import aiohttp
+
+            s = state.get("c")
+            if s is None:
+                conn = aiohttp.TCPConnector(limit=0, limit_per_host=1024, keepalive_timeout=4.0)
+                s = state["c"] = aiohttp.ClientSession(
+                    connector=conn, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+                )
+            async with s.post(url, data=body, headers=headers) as resp:
+                status, data, ct = resp.status, await resp.read(), resp.headers.get("content-type", "")
+        out = [(b"content-type", ct.encode()), (b"content-length", str(len(data)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": data})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off",
+                interface="asgi3", proxy_headers=False)  # fmt: skip
+
+
+def clients(direct: Target, seconds: float, use_wrk: bool) -> dict[str, dict[str, float]]:
+    """The same relay with each client in front of the direct engine, at 16 connections."""
+    out: dict[str, dict[str, float]] = {}
+    for name in ("httpx", "aiohttp"):
+        port = free_port()
+        cmd = [sys.executable, "-m", "bench.proxy", "--relay", name, "--relay-port", str(port), "--body", direct.url]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health")
+            t = Target(f"relay, {name}", f"http://127.0.0.1:{port}", None, "bench", [psutil.Process(proc.pid)])
+            measure(t, False, 1, 4, use_wrk)
+            out[name] = measure(t, False, seconds, 16, use_wrk)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return out
+
+
 # ---------------------------------------------------------------- processes
 def start_engine(port: int, model: str, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "INFERIA_INFERENCE_KEY"}
@@ -233,7 +297,12 @@ def main() -> None:
     ap.add_argument("--body", default="{}", help=argparse.SUPPRESS)
     ap.add_argument("--token", default="", help=argparse.SUPPRESS)
     ap.add_argument("--hold", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--relay", default=None, help=argparse.SUPPRESS)  # a relay process (client choice)
+    ap.add_argument("--relay-port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.relay:
+        relay(args.relay, args.relay_port, args.body)
+        return
     if args.client:
         try:
             import uvloop
@@ -273,6 +342,8 @@ def run(args: argparse.Namespace) -> None:
             lite_proc, lite_url = start_litellm(lite_cmd, direct_url, "bench", work)
             procs.append(lite_proc)
             lite = Target("LiteLLM proxy", lite_url, "sk-bench", "bench", [psutil.Process(lite_proc.pid)])
+        direct_target = Target("engine direct", direct_url, None, "bench", [psutil.Process(procs[0].pid)])
+        client_choice = clients(direct_target, args.seconds, use_wrk)
         cp = cpl.start(work / "cp", interval_s=2.0)
         try:
             c = cpl.client(cp)
@@ -293,7 +364,7 @@ def run(args: argparse.Namespace) -> None:
             engine_procs = find_procs(str(ENGINE), "--port", ours_engine_port)
             replica = find_procs("ServeReplica:inferia")
             serve_proxy = find_procs("ProxyActor")
-            direct = Target("engine direct", direct_url, None, "bench", [psutil.Process(procs[0].pid)])
+            direct = direct_target
             data = Target("ours, data port", cp.data_url, dep["inference_key"], "bench", replica + engine_procs)
             serve = Target(
                 "ours, Serve port", cp.api_url, dep["inference_key"], "bench", replica + serve_proxy + engine_procs
@@ -321,7 +392,7 @@ def run(args: argparse.Namespace) -> None:
                 pr.terminate()
             for pr in procs:
                 pr.wait(10)
-    report(args, use_wrk, concs, results, ttfb, held, lite is not None)
+    report(args, use_wrk, concs, results, ttfb, held, lite is not None, client_choice)
 
 
 def hold_streams(url: str, key: str, n: int, replica: list[psutil.Process]) -> dict[str, float]:
@@ -356,6 +427,7 @@ def report(
     ttfb: dict[str, dict[str, float]],
     held: dict[str, float],
     with_litellm: bool,
+    client_choice: dict[str, dict[str, float]],
 ) -> None:
     gen = "wrk -t1 (C)" if use_wrk else "python asyncio load generator in its own process (wrk is not installed)"
     print(f"\nload generator: {gen}; {args.seconds:g} s per case; machine: {os.cpu_count()} CPUs")
@@ -364,6 +436,15 @@ def report(
             "LiteLLM: skipped (litellm[proxy] is not importable here; pass --litellm /path/to/venv/bin/litellm "
             "from a venv where `pip install 'litellm[proxy]'` ran)"
         )
+    print("\n== upstream client choice: a minimal relay in front of the engine, 16 connections, non-streamed")
+    for name, r in client_choice.items():
+        print(
+            f"relay with {name:<8} {r['req_s']:9.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
+            f"  relay CPU {r['cpu_ms_per_1000']:.0f} ms per 1,000 requests"
+        )
+    if {"httpx", "aiohttp"} <= set(client_choice):
+        ratio = client_choice["aiohttp"]["req_s"] / client_choice["httpx"]["req_s"]
+        print(f"aiohttp / httpx = {ratio:.1f}x")
     for conc in concs:
         for stream in (False, True):
             kind = "streamed (total)" if stream else "non-streamed"
