@@ -9,6 +9,7 @@ from typing import Any
 
 import ray
 
+from actors.autoscale_runner import AutoscaleRunner, annotate_load
 from actors.deployment_core import (
     CreateReplicas,
     DeploymentPlanner,
@@ -63,6 +64,7 @@ class DeploymentActor:
             replace_grace_s=self.cfg.replace_grace_s, provision_timeout_s=self.cfg.provision_timeout_s
         )
         self.store: Store | None = None
+        self.autoscaler = AutoscaleRunner()
         self._boot_lock = asyncio.Lock()
         self._loop: Loop | None = None
         self._removing: dict[str, float] = {}  # node_id -> when removal was last requested
@@ -108,6 +110,14 @@ class DeploymentActor:
         }
         deps = {d.id: d for d in await store.list_deployments(states=active)}
         nodes = await get_actor(INVENTORY).nodes.remote(True)
+        if any(d.autoscaling for d in deps.values()):  # issue 11: targets follow the load (autoscale_runner.py)
+            try:
+                load = await get_actor(INVENTORY).load.remote()
+            except Exception as exc:  # the inventory restarting: the engines' own figures (heartbeats) alone
+                log.warning("autoscaling without the proxies' load this round: %s", type(exc).__name__)
+                load = {}
+            annotate_load(nodes, load.get("nodes") or {})
+            await self.autoscaler.run(store, deps, nodes, load)
         views = [DeploymentView(d.id, d.state, d.desired_replicas, d.generation) for d in deps.values()]
         actions = self.planner.plan(views, nodes)
         await self._sync_replicas(deps, nodes)

@@ -202,11 +202,13 @@ class DeploymentPlanner:
         if missing > 0 and now >= track.next_create_at:
             out.append(CreateReplicas(d.id, missing))
         elif missing < 0:
-            # remove surplus: not-ready first, newest first
+            # remove surplus: not-ready first, then the least loaded (`load`: requests in flight, set by the
+            # autoscaler's executor), newest first
             surplus = sorted(
                 keep,
                 key=lambda n: (
                     NodeState(n["state"]) == NodeState.READY,
+                    float(n.get("load") or 0),
                     float(n.get("seconds_in_state") or 0),
                 ),
             )[:-missing]

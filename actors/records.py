@@ -121,6 +121,10 @@ class DeploymentRecord:
     error: str | None = None
     delete_requested: bool = False
     rate_limit_rpm: int | None = None  # requests per minute accepted with the inference key (None: no limit)
+    # the autoscaling policy (actors/autoscaler.py AutoscalingPolicy fields; None: a fixed replica count) and the
+    # autoscaler's saved state (its timers and last decision: Autoscaler.state() plus "last")
+    autoscaling: dict[str, Any] | None = None
+    autoscaler_state: dict[str, Any] | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -128,6 +132,8 @@ class DeploymentRecord:
         d = asdict(self)
         d.pop("inference_key", None)
         d.pop("inference_key_hash", None)
+        state = d.pop("autoscaler_state", None) or {}
+        d["autoscaler"] = state.get("last") if self.autoscaling else None  # the last decision and why
         return d
 
 

@@ -61,7 +61,7 @@ _NODE_COLS = (
 _MODEL_COLS = "id, name, engine, image, source, args, env, port, health_path, gpus, gpu_memory_mb, created_at"
 _DEP_COLS = (
     "id, model_id, pool_id, desired_replicas, state, generation, error, inference_key, "
-    "inference_key_hash, delete_requested, rate_limit_rpm, created_at, updated_at"
+    "inference_key_hash, delete_requested, rate_limit_rpm, autoscaling, autoscaler_state, created_at, updated_at"
 )
 
 
@@ -480,8 +480,8 @@ class Store:
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"INSERT INTO model_deployments (id, model_id, pool_id, desired_replicas, state, generation,"
-                f" inference_key, inference_key_hash, rate_limit_rpm) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"
-                f" RETURNING {_DEP_COLS}",
+                f" inference_key, inference_key_hash, rate_limit_rpm, autoscaling)"
+                f" VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) RETURNING {_DEP_COLS}",
                 d.id,
                 d.model_id,
                 d.pool_id,
@@ -491,8 +491,12 @@ class Store:
                 self.box.seal(d.inference_key) if self.box else d.inference_key,
                 d.inference_key_hash,
                 d.rate_limit_rpm,
+                d.autoscaling,
             )
-            await self.add_event("deployment.created", "deployment", d.id, {"replicas": d.desired_replicas}, conn)
+            created: dict[str, Any] = {"replicas": d.desired_replicas}
+            if d.autoscaling:
+                created["autoscaling"] = d.autoscaling
+            await self.add_event("deployment.created", "deployment", d.id, created, conn)
         assert row is not None
         return _dep(row, self.box)
 
@@ -654,4 +658,64 @@ class Store:
             dep_id,
             rpm,
         )
+        return _dep(row, self.box) if row else None
+
+    # ---------------------------------------------------------------- autoscaling (issue 11)
+    async def set_autoscaling(
+        self, dep_id: str, policy: dict[str, Any] | None, desired_replicas: int | None = None
+    ) -> DeploymentRecord | None:
+        """Set (or, with None, remove) a deployment's autoscaling policy, optionally with a new target in the
+        same write; the autoscaler's saved state is reset with it. None when there is no such deployment."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"UPDATE model_deployments SET autoscaling = $2, autoscaler_state = NULL,"
+                f" desired_replicas = COALESCE($3, desired_replicas), updated_at = now() WHERE id = $1"
+                f" RETURNING {_DEP_COLS}",
+                dep_id,
+                policy,
+                desired_replicas,
+            )
+            if row is not None:
+                await self.add_event(
+                    "deployment.autoscaling_set" if policy else "deployment.autoscaling_removed",
+                    "deployment",
+                    dep_id,
+                    {"autoscaling": policy, "replicas": row["desired_replicas"]},
+                    conn,
+                )
+        return _dep(row, self.box) if row else None
+
+    async def save_autoscaler(
+        self,
+        dep_id: str,
+        state: dict[str, Any],
+        *,
+        from_replicas: int | None = None,
+        to_replicas: int | None = None,
+        event: dict[str, Any] | None = None,
+    ) -> DeploymentRecord | None:
+        """Keep the autoscaler's state; with to_replicas, also move the target, only while it still is
+        `from_replicas` and the deployment still has a policy (a manual scale or a removed policy in between wins),
+        with a `deployment.autoscaled` event carrying the decision's inputs. None when the CAS lost."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if to_replicas is None:
+                row = await conn.fetchrow(
+                    f"UPDATE model_deployments SET autoscaler_state = $2 WHERE id = $1 AND autoscaling IS NOT NULL"
+                    f" RETURNING {_DEP_COLS}",
+                    dep_id,
+                    state,
+                )
+                return _dep(row, self.box) if row else None
+            row = await conn.fetchrow(
+                f"UPDATE model_deployments SET autoscaler_state = $2, desired_replicas = $3, updated_at = now()"
+                f" WHERE id = $1 AND desired_replicas = $4 AND autoscaling IS NOT NULL"
+                f" AND state <> ALL($5::text[]) RETURNING {_DEP_COLS}",
+                dep_id,
+                state,
+                to_replicas,
+                from_replicas,
+                ["stopping", "stopped", "failed"],
+            )
+            if row is not None:
+                await self.add_event("deployment.autoscaled", "deployment", dep_id, event or {}, conn)
         return _dep(row, self.box) if row else None

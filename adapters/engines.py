@@ -91,7 +91,7 @@ CATALOG: dict[str, EngineInfo] = {
         port=8000,
         health_path="/health",
         key_env=INFERENCE_KEY_ENV,
-        metrics_path=None,
+        metrics_path="/metrics",  # tried: vLLM-style series are read, a 404 pauses the agent's scrape
         default_args=(),
         cache_dir="/models",
     ),

@@ -178,13 +178,23 @@ def nodes_table(rows: list[tuple[str, dict[str, Any]]]) -> Table:
     return t
 
 
+def _autoscaling_cell(d: Mapping[str, Any]) -> str:
+    """'0-4 @2' (min-max at target ongoing requests) and the autoscaler's last reason; '-' without a policy."""
+    a = d.get("autoscaling")
+    if not a:
+        return "-"
+    cell = f"{a.get('min_replicas')}-{a.get('max_replicas')} @{a.get('target_ongoing_requests'):g}"
+    last = d.get("autoscaler") or {}
+    return f"{cell}: {last['reason']}" if last.get("reason") else cell
+
+
 def deployments_table(deps: list[dict[str, Any]]) -> Table:
-    t = _table("Deployments", "id", "model", "pool", "state", "ready/desired", "error")
+    t = _table("Deployments", "id", "model", "pool", "state", "ready/desired", "autoscaling", "error")
     for d in deps:
         ready = f"{d.get('ready_replicas', 0)}/{d.get('desired_replicas', 0)}"
         t.add_row(
             _s(d.get("id")), _s(d.get("model")), _s(d.get("pool")), _styled(d.get("state")), ready,
-            _s(d.get("error")),
+            _s(_autoscaling_cell(d)), _s(d.get("error")),
         )  # fmt: skip
     return t
 
@@ -422,22 +432,77 @@ def _replica_reasons(d: Mapping[str, Any]) -> None:
             out.print(f"  replica {r.get('id')} ({r.get('state')}): {r.get('reason')}", style="dim", markup=False)
 
 
+MinOpt = Annotated[int | None, typer.Option("--min", help="Autoscaling: fewest replicas (0: scale to zero)")]
+MaxOpt = Annotated[int | None, typer.Option("--max", help="Autoscaling: most replicas")]
+TargetOpt = Annotated[
+    float | None, typer.Option("--target-ongoing", help="Autoscaling: requests in flight per replica wanted")
+]
+UpOpt = Annotated[float | None, typer.Option("--upscale-delay", help="Autoscaling: seconds of higher load to scale up")]
+DownOpt = Annotated[
+    float | None, typer.Option("--downscale-delay", help="Autoscaling: seconds of lower load per step down")
+]
+ZeroOpt = Annotated[
+    float | None,
+    typer.Option("--scale-to-zero-after", help="Autoscaling: seconds without a request before zero (needs --min 0)"),
+]
+
+
+def _policy(
+    min_r: int | None,
+    max_r: int | None,
+    target: float | None,
+    up: float | None,
+    down: float | None,
+    zero: float | None,
+) -> dict[str, Any]:
+    """The autoscaling fields given on the command line (the server fills in or keeps the others)."""
+    given = {
+        "min_replicas": min_r,
+        "max_replicas": max_r,
+        "target_ongoing_requests": target,
+        "upscale_delay_s": up,
+        "downscale_delay_s": down,
+        "scale_to_zero_after_s": zero,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
 @handle_errors
 def deploy(
     model: Annotated[str, typer.Argument(help="Registered model name")],
     pool: Annotated[str, typer.Option(help="Pool name or id")],
-    replicas: Annotated[int, typer.Option(help="Number of replicas")] = 1,
+    replicas: Annotated[
+        int | None, typer.Option(help="Number of replicas (with autoscaling: the initial target, default --min)")
+    ] = None,
     rate_limit_rpm: Annotated[
         int | None, typer.Option(help="Requests per minute accepted with the inference key (default: no limit)")
     ] = None,
+    min_replicas: MinOpt = None,
+    max_replicas: MaxOpt = None,
+    target_ongoing: TargetOpt = None,
+    upscale_delay: UpOpt = None,
+    downscale_delay: DownOpt = None,
+    scale_to_zero_after: ZeroOpt = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the deployment is running")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait")] = 600.0,
 ) -> None:
-    """Deploy a registered model onto a pool and wait until it serves."""
+    """Deploy a registered model onto a pool and wait until it serves (autoscaled with --min/--max/...)."""
+    policy = _policy(min_replicas, max_replicas, target_ongoing, upscale_delay, downscale_delay, scale_to_zero_after)
+    if policy and min_replicas == 0 and scale_to_zero_after is None:
+        policy["scale_to_zero_after_s"] = 300.0  # --min 0 alone: zero after 5 idle minutes
     with client() as c:
-        dep = c.deploy(model, pool, replicas, rate_limit_rpm=rate_limit_rpm)
+        dep = c.deploy(
+            model,
+            pool,
+            replicas if replicas is not None or policy else 1,
+            rate_limit_rpm=rate_limit_rpm,
+            autoscaling=policy or None,
+        )
         dep_id = str(dep["id"])
-        out.print(f"deployment [bold]{_s(dep_id)}[/bold] created ({_s(model)} on {_s(pool)}, {replicas} replicas)")
+        size = f"{dep.get('desired_replicas')} replicas"
+        if policy:
+            size += f", autoscaling {_autoscaling_cell(dep)}"
+        out.print(f"deployment [bold]{_s(dep_id)}[/bold] created ({_s(model)} on {_s(pool)}, {size})")
         if dep.get("inference_key"):
             out.print(f"inference key: [bold]{_s(dep['inference_key'])}[/bold]")
             out.print("keep it: it is shown this once and cannot be read back", style="yellow")
@@ -527,9 +592,30 @@ def deployments_scale(
     dep_id: Annotated[str, typer.Argument(metavar="ID", help="Deployment id")],
     replicas: Annotated[int, typer.Argument(metavar="N", help="Replicas wanted")],
 ) -> None:
-    """Set a deployment's replica count."""
+    """Set a deployment's replica count (with autoscaling: its current target, within --min..--max)."""
     with client() as c:
         out.print(_dep_line(c.scale_deployment(dep_id, replicas)))
+
+
+@deployments_app.command("autoscale")
+@handle_errors
+def deployments_autoscale(
+    dep_id: Annotated[str, typer.Argument(metavar="ID", help="Deployment id")],
+    min_replicas: MinOpt = None,
+    max_replicas: MaxOpt = None,
+    target_ongoing: TargetOpt = None,
+    upscale_delay: UpOpt = None,
+    downscale_delay: DownOpt = None,
+    scale_to_zero_after: ZeroOpt = None,
+    off: Annotated[bool, typer.Option("--off", help="Remove the policy (the replica count stays where it is)")] = False,
+) -> None:
+    """Set, change (only the options given) or remove (--off) a deployment's autoscaling policy."""
+    policy = _policy(min_replicas, max_replicas, target_ongoing, upscale_delay, downscale_delay, scale_to_zero_after)
+    if off == bool(policy):
+        raise InferiaError("give --off or at least one of --min/--max/--target-ongoing/...", code="invalid_request")
+    with client() as c:
+        d = c.set_autoscaling(dep_id, None if off else policy)
+        out.print(f"{_dep_line(d)}, autoscaling {_autoscaling_cell(d)}")
 
 
 # ---------------------------------------------------------------- routes, logs

@@ -351,10 +351,27 @@ class _Api(Generic[R]):
         return self._call("DELETE", f"/v1/model-registry/{_seg(name)}")
 
     # ------------------------------------------------------------ deployments
-    def deploy(self, model: str, pool: str, replicas: int = 1, rate_limit_rpm: int | None = None) -> R:
+    def deploy(
+        self,
+        model: str,
+        pool: str,
+        replicas: int | None = 1,
+        rate_limit_rpm: int | None = None,
+        autoscaling: dict[str, Any] | None = None,
+    ) -> R:
         """POST /v1/deployments; the answer carries `inference_key`, shown this once only. rate_limit_rpm:
-        requests per minute accepted with that key (None: no limit)."""
-        body = _drop_none({"model": model, "pool": pool, "replicas": replicas, "rate_limit_rpm": rate_limit_rpm})
+        requests per minute accepted with that key (None: no limit). autoscaling: a policy
+        (`min_replicas`, `max_replicas`, `target_ongoing_requests`, `upscale_delay_s`, `downscale_delay_s`,
+        `scale_to_zero_after_s`); replicas is then the initial target (None: min_replicas)."""
+        body = _drop_none(
+            {
+                "model": model,
+                "pool": pool,
+                "replicas": replicas,
+                "rate_limit_rpm": rate_limit_rpm,
+                "autoscaling": autoscaling,
+            }
+        )
         return self._call("POST", "/v1/deployments", json=body)
 
     def list_deployments(self) -> R:
@@ -365,6 +382,46 @@ class _Api(Generic[R]):
 
     def scale_deployment(self, dep_id: str, replicas: int) -> R:
         return self._call("PATCH", f"/v1/deployments/{_seg(dep_id)}", json={"replicas": replicas})
+
+    def set_autoscaling(self, dep_id: str, policy: dict[str, Any] | None, replicas: int | None = None) -> R:
+        """Set or change a deployment's autoscaling policy (the fields given are merged with the current
+        ones); None removes it (the replica count then stays where the autoscaler left it, or `replicas`)."""
+        body: dict[str, Any] = {"autoscaling": policy}
+        if replicas is not None:
+            body["replicas"] = replicas
+        return self._call("PATCH", f"/v1/deployments/{_seg(dep_id)}", json=body)
+
+    def update_deployment(
+        self,
+        dep_id: str,
+        *,
+        model: str | None = None,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        image: str | None = None,
+        replicas: int | None = None,
+        max_surge: int | None = None,
+        max_unavailable: int | None = None,
+        progress_deadline_s: float | None = None,
+    ) -> R:
+        """Change what a deployment runs (issue 12): a new generation, rolled out replica by replica (at most
+        N + max_surge alive, at least N - max_unavailable ready; defaults 1 and 0); rolled back by itself when
+        new replicas fail or none is ready within the progress deadline. Follow it with `wait_update`."""
+        body = _drop_none(
+            {"model": model, "args": args, "env": env, "image": image, "replicas": replicas}
+            | {"progress_deadline_s": progress_deadline_s}
+        )
+        strategy = _drop_none({"max_surge": max_surge, "max_unavailable": max_unavailable})
+        if strategy:
+            body["strategy"] = strategy
+        return self._call("PATCH", f"/v1/deployments/{_seg(dep_id)}", json=body)
+
+    def rollback_deployment(self, dep_id: str, max_surge: int | None = None, max_unavailable: int | None = None) -> R:
+        """Back to the previous generation: a roll-out in progress stops (the old replicas stay), otherwise the
+        previous generation's spec is rolled out again."""
+        strategy = _drop_none({"max_surge": max_surge, "max_unavailable": max_unavailable})
+        body = {"strategy": strategy} if strategy else None
+        return self._call("POST", f"/v1/deployments/{_seg(dep_id)}/rollback", json=body)
 
     def set_rate_limit(self, dep_id: str, rpm: int | None) -> R:
         """Requests per minute accepted with the deployment's inference key; None removes the limit."""

@@ -16,11 +16,13 @@ from actors.records import (
     new_id,
     new_secret,
 )
+from actors.autoscaler import AutoscalingPolicy
 from actors.runtime import call
 from actors.states import DEPLOYMENT_ACTIVE, DEPLOYMENT_DELETABLE, NODE_ALIVE, DeploymentState, NodeState, PoolState
 from actors.storage import ConflictError, DuplicateError, Store
 from adapters.base import PermanentProviderError, ProviderError
 from adapters.registry import available, get_adapter_class
+from serve_app import autoscaling as autoscaling_api
 from serve_app.context import AppContext, require_admin
 from serve_app.errors import ApiError, not_found
 from serve_app.schemas import DeploymentCreate, DeploymentPatch, ModelCreate, PoolCreate, PoolPatch, PoolScale
@@ -425,6 +427,8 @@ async def _dep_out(
         nodes = await call(ctx_of(request).inventory().nodes.remote(True), 30)
     reps = [
         {k: n[k] for k in ("id", "state", "endpoint", "health_score", "reason", "engine_ready")}
+        # the engine's own queue from its last heartbeat (engine_running, engine_waiting, engine_kv_cache)
+        | {"engine": {k: v for k, v in (n.get("metrics") or {}).items() if k.startswith("engine_")} or None}
         for n in nodes
         if n.get("deployment_id") == d.id and n["state"] != "terminated"
     ]
@@ -444,16 +448,23 @@ async def create_deployment(body: DeploymentCreate, request: Request) -> dict[st
         raise ApiError(404, "pool_not_found", f"pool {body.pool!r} not found", "pool")
     if pool.state != PoolState.ACTIVE:
         raise ApiError(409, "pool_not_active", f"pool {pool.name!r} is {pool.state}", "pool")
+    replicas, policy = body.replicas, None
+    if body.autoscaling is not None:
+        policy = autoscaling_api.merged_policy(body.autoscaling)
+        # the initial target: the one given, else min_replicas (0 waits for the first request)
+        given = "replicas" in body.model_fields_set
+        replicas = autoscaling_api.check_target(replicas, policy) if given else policy.min_replicas
     key = new_secret("ik")  # the client's key: only its hash is stored
     rec = DeploymentRecord(
         id=new_id("dep"),
         model_id=model.id,
         pool_id=pool.id,
-        desired_replicas=body.replicas,
+        desired_replicas=replicas,
         state=D.PENDING,
         inference_key=new_secret("ek"),  # the engines' key, never shown (sealed at rest)
         inference_key_hash=hash_secret(key),
         rate_limit_rpm=body.rate_limit_rpm,
+        autoscaling=policy.to_dict() if policy else None,
     )
     rec = await store.insert_deployment(rec)
     await call(ctx_of(request).deployments().notify.remote(), 30)
@@ -482,7 +493,23 @@ async def patch_deployment(dep_id: str, body: DeploymentPatch, request: Request)
     if "rate_limit_rpm" in body.model_fields_set:
         updated = await store.set_rate_limit(d.id, body.rate_limit_rpm)
         ctx_of(request).limiter.set_limit(d.id, body.rate_limit_rpm)
-    if body.replicas is not None:
+    if "autoscaling" in body.model_fields_set:
+        # set, change (merged with the current policy) or, with null, remove; the target moves into the bounds
+        policy = None if body.autoscaling is None else autoscaling_api.merged_policy(body.autoscaling, d.autoscaling)
+        target = body.replicas
+        if policy is not None:
+            target = (
+                autoscaling_api.check_target(body.replicas, policy)
+                if body.replicas is not None
+                else autoscaling_api.clamp(d.desired_replicas, policy)
+            )
+        updated = await store.set_autoscaling(d.id, policy.to_dict() if policy else None, target)
+        if updated is None:
+            raise not_found("deployment", dep_id)
+        await call(ctx_of(request).deployments().notify.remote(), 30)
+    elif body.replicas is not None:
+        if d.autoscaling:
+            autoscaling_api.check_target(body.replicas, AutoscalingPolicy.from_dict(d.autoscaling))
         updated = await store.set_desired(d.id, body.replicas)
         if updated is None:
             raise ApiError(409, "deployment_not_active", f"deployment {dep_id} is {d.state}; start it first")

@@ -170,18 +170,40 @@ class ModelCreate(Strict):
         return v
 
 
+class AutoscalingIn(Strict):
+    """A deployment's autoscaling policy (actors/autoscaler.py). Omitted fields take their defaults on POST and
+    keep their current values on PATCH; the rules between fields (min <= max, zero only with
+    scale_to_zero_after_s) are checked by AutoscalingPolicy.problems() in the route (422 naming the field)."""
+
+    min_replicas: int | None = Field(default=None, ge=0, le=1000)
+    max_replicas: int | None = Field(default=None, ge=1, le=1000)
+    target_ongoing_requests: float | None = Field(default=None, gt=0, le=1_000_000)
+    upscale_delay_s: float | None = Field(default=None, ge=0, le=86_400)
+    downscale_delay_s: float | None = Field(default=None, ge=0, le=86_400)
+    scale_to_zero_after_s: float | None = Field(default=None, gt=0, le=30 * 86_400)
+    panic_factor: float | None = Field(default=None, gt=1, le=100)
+
+    def given(self) -> dict[str, Any]:
+        """The fields the client set (a null scale_to_zero_after_s included: it turns scale to zero off)."""
+        return {k: getattr(self, k) for k in self.model_fields_set}
+
+
 class DeploymentCreate(Strict):
     model: str = Field(description="model name or id in the registry")
     pool: str = Field(description="pool name or id")
-    replicas: int = Field(default=1, ge=0, le=1000)
+    replicas: int = Field(default=1, ge=0, le=1000, description="with autoscaling: the initial target (default min)")
     rate_limit_rpm: int | None = Field(
         default=None, ge=1, le=1_000_000, description="requests per minute accepted with the inference key"
     )
+    autoscaling: AutoscalingIn | None = Field(default=None, description="replicas follow the load (issue 11)")
 
 
 class DeploymentPatch(Strict):
     replicas: int | None = Field(default=None, ge=0, le=1000)
     rate_limit_rpm: int | None = Field(default=None, ge=1, le=1_000_000, description="null removes the limit")
+    autoscaling: AutoscalingIn | None = Field(
+        default=None, description="fields to set or change (merged with the current policy); null removes it"
+    )
 
     @model_validator(mode="after")
     def _something(self) -> DeploymentPatch:
@@ -208,6 +230,10 @@ class HeartbeatIn(BaseModel):
     ram_used_mb: float | None = Field(default=None, ge=0)
     gpu_util: float | None = Field(default=None, ge=0)
     gpu_mem_used_mb: float | None = Field(default=None, ge=0)
+    # the engine's own queue, scraped by the agent from its Prometheus /metrics (absent: the engine has none)
+    engine_running: float | None = Field(default=None, ge=0, le=1e9, description="requests the engine runs now")
+    engine_waiting: float | None = Field(default=None, ge=0, le=1e9, description="requests queued in the engine")
+    engine_kv_cache: float | None = Field(default=None, ge=0, le=1, description="KV-cache usage, 0..1")
 
     @model_validator(mode="after")
     def _identity(self) -> HeartbeatIn:
@@ -230,6 +256,9 @@ class HeartbeatIn(BaseModel):
                 ("ram_used_mb", self.ram_used_mb),
                 ("gpu_util", self.gpu_util),
                 ("gpu_mem_used_mb", self.gpu_mem_used_mb),
+                ("engine_running", self.engine_running),
+                ("engine_waiting", self.engine_waiting),
+                ("engine_kv_cache", self.engine_kv_cache),
             )
             if v is not None
         }

@@ -1,12 +1,16 @@
 """A tiny OpenAI-compatible stub engine (stdlib only) for tests.
 
     python tests/support/fake_engine.py --port 20001 --model tiny [--host 127.0.0.1]
-        [--api-key-env INFERIA_INFERENCE_KEY]
+        [--api-key-env INFERIA_INFERENCE_KEY] [--slots K --service-ms N]
 
 GET /v1/models, GET /health, POST /v1/chat/completions and POST /v1/completions (both with
 `"stream": true` as server-sent events). Answers echo the last user message / the prompt and
 carry `"served_by": "<port>"`. When the env var named by --api-key-env is set, the /v1 routes
 require `Authorization: Bearer <that value>`.
+
+With `--slots K` the engine runs at most K generations at once (the others wait for a slot, like vLLM's
+scheduler queue) and each takes `--service-ms`; GET /metrics exposes vLLM's series
+`vllm:num_requests_running`, `vllm:num_requests_waiting` and `vllm:kv_cache_usage_perc` (running / K).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,11 +31,50 @@ class EngineServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, host: str, port: int, model: str, api_key: str | None) -> None:
+    def __init__(
+        self, host: str, port: int, model: str, api_key: str | None, slots: int = 0, service_s: float = 0.0
+    ) -> None:
         super().__init__((host, port), Handler)
         self.model = model
         self.api_key = api_key
         self.served_by = str(self.server_address[1])
+        self.slots = slots
+        self.service_s = service_s
+        self._slot = threading.Semaphore(slots) if slots > 0 else None
+        self._lock = threading.Lock()
+        self.running = 0
+        self.waiting = 0
+
+    def generate(self) -> None:
+        """Take a slot for service_s (waiting for one when all K are busy)."""
+        if self._slot is None:
+            if self.service_s:
+                time.sleep(self.service_s)
+            return
+        with self._lock:
+            self.waiting += 1
+        self._slot.acquire()
+        with self._lock:
+            self.waiting -= 1
+            self.running += 1
+        try:
+            time.sleep(self.service_s)
+        finally:
+            with self._lock:
+                self.running -= 1
+            self._slot.release()
+
+    def metrics_text(self) -> str:
+        label = f'{{model_name="{self.model}"}}'
+        usage = self.running / self.slots if self.slots else 0.0
+        return (
+            "# TYPE vllm:num_requests_running gauge\n"
+            f"vllm:num_requests_running{label} {float(self.running)}\n"
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            f"vllm:num_requests_waiting{label} {float(self.waiting)}\n"
+            "# TYPE vllm:kv_cache_usage_perc gauge\n"
+            f"vllm:kv_cache_usage_perc{label} {usage}\n"
+        )
 
 
 def _last_user_text(messages: Any) -> str:
@@ -102,6 +146,13 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/health":
             self._send_json(200, {"status": "ok"})
+        elif path == "/metrics":
+            data = self.server.metrics_text().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         elif path == "/v1/models":
             if self._authorized():
                 model = {"id": self.server.model, "object": "model", "owned_by": "fake"}
@@ -119,6 +170,7 @@ class Handler(BaseHTTPRequestHandler):
         body = self._read_json()
         if body is None:
             return
+        self.server.generate()
         if path == "/v1/chat/completions":
             self._chat(body)
         else:
@@ -177,8 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--api-key-env", default="INFERIA_INFERENCE_KEY")
+    parser.add_argument("--slots", type=int, default=0, help="generations at once (0: unlimited)")
+    parser.add_argument("--service-ms", type=float, default=0.0, help="time of one generation")
     args = parser.parse_args(argv)
-    server = EngineServer(args.host, args.port, args.model, os.environ.get(args.api_key_env) or None)
+    key = os.environ.get(args.api_key_env) or None
+    server = EngineServer(args.host, args.port, args.model, key, args.slots, args.service_ms / 1000)
 
     def _stop(signum: int, frame: Any) -> None:
         raise SystemExit(0)
