@@ -177,6 +177,7 @@ class Soak:
                 self._note("crash control plane", "all processes SIGKILLed")
                 cp.start()
                 last_fault = time.monotonic()
+                t0 += last_fault - now  # the restart's time is not chaos time: every restart happens
                 continue
             op = rng.choices(names, weights)[0]
             try:
