@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 # an unchanged decision's state is written at most this often (its reason names a growing wait)
 SAVE_EVERY_S = 5.0
+# between reconcile rounds the proxies' load is looked at this often for what must not wait for the next
+# round (a request at zero, a panic); `urgent()` then wakes the round
+URGENT_POLL_S = 0.2
 ENGINE_COUNTED = frozenset({"ready"})  # nodes whose engine queue counts (draining ones are leaving)
 
 
@@ -46,6 +49,7 @@ class AutoscaleRunner:
         self.clock = clock
         self._scalers: dict[str, Autoscaler] = {}
         self._saved: dict[str, tuple[dict[str, Any], str, float]] = {}  # dep -> (timers, reason, when)
+        self._targets: dict[str, int] = {}  # dep -> its target after the last round (what urgent() compares)
         self.decisions = 0
 
     def signals(self, dep_id: str, nodes: list[dict[str, Any]], deployment_load: dict[str, Any]) -> Signals:
@@ -81,6 +85,27 @@ class AutoscaleRunner:
     def forget(self, dep_id: str) -> None:
         self._scalers.pop(dep_id, None)
         self._saved.pop(dep_id, None)
+        self._targets.pop(dep_id, None)
+
+    def watching(self) -> bool:
+        return bool(self._targets)
+
+    def urgent(self, load: dict[str, Any]) -> list[str]:
+        """The deployments whose proxy load cannot wait for the next round: a request waiting at zero, or a
+        load of panic_factor x their capacity. Pure (no timer moves): the round decides and writes."""
+        out: list[str] = []
+        dep_load = load.get("deployments") or {}
+        for dep_id, current in self._targets.items():
+            a = self._scalers.get(dep_id)
+            proxy = dep_load.get(dep_id)
+            if a is None or not proxy:
+                continue
+            demand = float(proxy.get("ongoing") or 0) + float(proxy.get("queued") or 0)
+            if a.wanted(demand) <= current or demand <= 0:
+                continue
+            if current == 0 or demand >= a.policy.panic_factor * current * a.policy.target_ongoing_requests:
+                out.append(dep_id)
+        return out
 
     async def run(
         self,
@@ -108,6 +133,9 @@ class AutoscaleRunner:
                 continue
             if updated is not None:
                 deps[dep.id] = updated
+            self._targets[dep.id] = deps[dep.id].desired_replicas
+        for dep_id in [d for d in self._targets if d not in self._scalers]:
+            self._targets.pop(dep_id, None)
 
     async def _record(
         self, store: Store, dep: DeploymentRecord, a: Autoscaler, d: Decision, now: float

@@ -9,7 +9,7 @@ from typing import Any
 
 import ray
 
-from actors.autoscale_runner import AutoscaleRunner, annotate_load
+from actors.autoscale_runner import URGENT_POLL_S, AutoscaleRunner, annotate_load
 from actors.deployment_core import (
     CreateReplicas,
     DeploymentPlanner,
@@ -67,6 +67,7 @@ class DeploymentActor:
         self.autoscaler = AutoscaleRunner()
         self._boot_lock = asyncio.Lock()
         self._loop: Loop | None = None
+        self._urgent: Loop | None = None
         self._removing: dict[str, float] = {}  # node_id -> when removal was last requested
         self._replica_state: dict[tuple[str, str], str] = {}
         self.last_reconcile_ms = 0.0
@@ -84,6 +85,14 @@ class DeploymentActor:
                 self._replica_state[(r.deployment_id, r.node_id)] = r.state
             self._loop = Loop("deployments.reconcile", self.reconcile, self.cfg.reconcile_interval_s)
             self._loop.start()
+            # issue 11: a request at zero or a panic load wakes the round at once (autoscale_runner.urgent)
+            self._urgent = Loop("deployments.autoscale", self._autoscale_urgent, URGENT_POLL_S)
+            self._urgent.start()
+
+    async def _autoscale_urgent(self) -> None:
+        if self.autoscaler.watching() and self._loop is not None:
+            if self.autoscaler.urgent(await get_actor(INVENTORY).load.remote()):
+                self._loop.wake.set()
 
     async def ready(self) -> bool:
         await self._boot()

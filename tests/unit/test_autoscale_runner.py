@@ -112,3 +112,18 @@ def test_scale_down_drains_the_least_loaded_replica() -> None:
     actions = planner.plan([DeploymentView("dep-1", DeploymentState.RUNNING, 2)], nodes)
     removed = [a for a in actions if isinstance(a, RemoveReplica)]
     assert [a.node_id for a in removed] == ["n1"] and removed[0].drain
+
+
+def test_urgent_names_a_request_at_zero_or_a_panic_without_moving_any_timer() -> None:
+    clock, store = Clock(), FakeStore(_dep(1))
+    r = AutoscaleRunner(clock)
+    assert not r.watching() and r.urgent({}) == []
+    _round(r, store, [_node(0)], {"deployments": {}})
+    assert r.watching()
+    before = r._scalers["dep-1"].state()
+    assert r.urgent({"deployments": {"dep-1": {"ongoing": 3, "queued": 0}}}) == []  # more, not panic: next round
+    assert r.urgent({"deployments": {"dep-1": {"ongoing": 4, "queued": 0}}}) == ["dep-1"]  # 2 x capacity 2
+    assert r._scalers["dep-1"].state() == before
+    store.dep = replace(store.dep, desired_replicas=0)
+    _round(r, store, [], {"deployments": {}})
+    assert r.urgent({"deployments": {"dep-1": {"ongoing": 0, "queued": 1}}}) == ["dep-1"]  # held at zero
