@@ -97,10 +97,6 @@ CATALOG: dict[str, EngineInfo] = {
     ),
 }
 ENGINE_NAMES: tuple[str, ...] = tuple(CATALOG)
-# variables any engine may read the deployment's key from (the agent's probe looks here)
-KEY_VARS: tuple[str, ...] = tuple(
-    dict.fromkeys([INFERENCE_KEY_ENV, *(e.key_env for e in CATALOG.values() if e.key_env)])
-)
 
 
 def engine(name: str, provider: str | None = None) -> EngineInfo:
@@ -139,12 +135,7 @@ def served_model(w: WorkloadSpec) -> str:
 
 def key_env(w: WorkloadSpec) -> dict[str, str]:
     """The deployment's key under every variable the engine reads it from ({} without a key)."""
-    key = w.inference_key
-    if not key:
-        return {}
-    info = engine(w.engine)
-    names = [INFERENCE_KEY_ENV] + ([info.key_env] if info.key_env else [])
-    return dict.fromkeys(names, key)
+    return dict.fromkeys(key_env_names(w), w.inference_key) if w.inference_key else {}
 
 
 def key_env_names(w: WorkloadSpec) -> list[str]:
