@@ -147,6 +147,17 @@ class ControlPlane:
         self.runtime.pool_hosts = s.pool_hosts
         self._record()
         self.api_token, self.token_created = load_or_create_api_token(s)
+        try:
+            self._start_stages(p, t0)
+        except BaseException:
+            if self.token_created:  # never shown: the next start creates (and shows) a new one
+                token_file(s).unlink(missing_ok=True)
+                self.token_created = False
+            raise
+
+    def _start_stages(self, p: Progress, t0: float) -> None:
+        s = self.settings
+        assert self.runtime is not None
         env_key = s.master_key.get_secret_value() if s.master_key else None
         self.master_key, _ = load_or_create_master_key(s.data_dir, env_key)
 
@@ -170,6 +181,8 @@ class ControlPlane:
             self.runtime.postgres_embedded = self._pg is not None
             self.runtime.redis_embedded = self._redis is not None
             self.runtime.redis_url = rurl if self._redis is not None else None
+            if self._redis is not None:
+                self.runtime.ports["redis"] = self._redis.port
             self._record()
         self.timings["services_s"] = time.monotonic() - t0
 
@@ -222,6 +235,7 @@ class ControlPlane:
             self.runtime.api_url = self.api_url
             self.runtime.data_url = self.data_url
             self.runtime.state = runtime_file.RUNNING
+            self.runtime.ports.update(api=s.api_port, **({"data": s.data_port_or_default} if self._direct else {}))
             self._record()
         self.timings["serve_s"] = time.monotonic() - t3
         self.timings["total_s"] = time.monotonic() - t0
@@ -260,6 +274,9 @@ class ControlPlane:
         if dashboard:
             self.runtime.dashboard_url = dashboard if dashboard.startswith("http") else f"http://{dashboard}"
 
+            port = urlsplit(self.runtime.dashboard_url).port
+            if port:
+                self.runtime.ports["dashboard"] = port
     def _start_actors(self, dsn: str) -> int:
         import ray
 
