@@ -17,7 +17,7 @@ from actors.deployment_core import (
     RemoveReplica,
     SetState,
 )
-from actors.records import DeploymentRecord, ModelRecord, ReplicaRecord, new_id
+from actors.records import DeploymentRecord, ModelRecord, ReplicaRecord, new_id, workload_for
 from actors.runtime import (
     INVENTORY,
     Loop,
@@ -37,22 +37,6 @@ REMOVE_RETRY_S = 30.0
 CREATE_BATCH = 100
 # deployments scaling up at the same time within one reconcile round
 CREATE_CONCURRENCY = 8
-
-
-def workload_for(dep: DeploymentRecord, model: ModelRecord) -> dict[str, Any]:
-    return {
-        "deployment_id": dep.id,
-        "model_name": model.name,
-        "engine": model.engine,
-        "image": model.image,
-        "source": model.source,
-        "args": list(model.args),
-        "env": dict(model.env),
-        "port": model.port,
-        "health_path": model.health_path,
-        "gpus": model.gpus,
-        "inference_key": dep.inference_key,
-    }
 
 
 @ray.remote
@@ -127,7 +111,7 @@ class DeploymentActor:
                 load = {}
             annotate_load(nodes, load.get("nodes") or {})
             await self.autoscaler.run(store, deps, nodes, load)
-        views = [DeploymentView(d.id, d.state, d.desired_replicas, d.generation) for d in deps.values()]
+        views = [DeploymentView(d.id, d.state, d.desired_replicas, d.generation, d.error) for d in deps.values()]
         actions = self.planner.plan(views, nodes)
         await self._sync_replicas(deps, nodes)
         models: dict[str, ModelRecord | None] = {}
@@ -144,11 +128,12 @@ class DeploymentActor:
                     if model is not None:
                         creates.append(self._create_logged(dep, model, a.count))
                 elif isinstance(a, RemoveReplica):
-                    await self._remove(dep, a.node_id, a.reason)
+                    await self._remove(dep, a.node_id, a.reason, a.drain)
                 elif isinstance(a, SetState):
                     new = await store.cas_deployment(dep.id, [dep.state], a.state, error=a.error)
                     if new is not None:
-                        log.info("deployment %s: %s -> %s", dep.id, dep.state, a.state)
+                        if new.state != dep.state:
+                            log.info("deployment %s: %s -> %s", dep.id, dep.state, a.state)
                         deps[dep.id] = new
             except Exception:
                 log.exception("deployment %s: action %s failed", dep.id, a)
@@ -214,13 +199,18 @@ class DeploymentActor:
                 await self.store.cas_deployment(dep.id, [dep.state], dep.state, error=None)
                 dep.error = None
 
-    async def _remove(self, dep: DeploymentRecord, node_id: str, reason: str) -> None:
+    async def _remove(self, dep: DeploymentRecord, node_id: str, reason: str, drain: bool = True) -> None:
+        """Drain (out of the routing table, in-flight requests finish) or, for a dead node, terminate at once."""
         now = time.monotonic()
         if now - self._removing.get(node_id, -1e9) < REMOVE_RETRY_S:
             return
         self._removing[node_id] = now
-        log.info("deployment %s: removing replica on %s (%s)", dep.id, node_id, reason)
-        await get_pool_actor(dep.pool_id, self.cfg).terminate_node.remote(node_id, reason)
+        if len(self._removing) > 1000:  # bounded: a node whose end this actor never saw is not kept forever
+            for nid in [k for k, at in self._removing.items() if now - at > 10 * REMOVE_RETRY_S]:
+                del self._removing[nid]
+        log.info("deployment %s: %s replica on %s (%s)", dep.id, "draining" if drain else "removing", node_id, reason)
+        pool = get_pool_actor(dep.pool_id, self.cfg)
+        await (pool.drain_node if drain else pool.terminate_node).remote(node_id, reason)
 
     async def _sync_replicas(self, deps: dict[str, DeploymentRecord], nodes: list[dict[str, Any]]) -> None:
         """Mirror node states into the replicas table; write only what changed."""

@@ -28,6 +28,10 @@ TERMINATED_RETENTION_S = 600.0
 ROUTES_MIN_GAP_S = 0.05
 ROUTES_MAX_GAP_S = 0.5
 ROUTES_COST_FACTOR = 3.0
+# bounded growth: old events and long-terminated node rows are deleted, at most PRUNE_BATCH rows of each per
+# round (a backlog goes in slices, never in one long transaction)
+PRUNE_INTERVAL_S = 60.0
+PRUNE_BATCH = 5000
 
 
 @ray.remote
@@ -47,6 +51,8 @@ class InventoryActor:
         self._flush_loop = Loop("inventory.flush", self._flush, 0.5)
         self._publish_loop = Loop("inventory.publish", self._publish, 5.0)
         self._routes_loop = Loop("inventory.routes", self._rebuild_routes, 1.0, min_gap_s=ROUTES_MIN_GAP_S)
+        self._prune_loop = Loop("inventory.prune", self._prune, PRUNE_INTERVAL_S)
+        self.pruned = {"events": 0, "nodes": 0}
         self._published_version = 0
         self._publish_cost_s = 0.0  # the last Redis publish (encoding included)
         self.sweeps = DurationStat()  # the scan for missed heartbeats (the rebuild after it is core.rebuilds)
@@ -80,7 +86,7 @@ class InventoryActor:
                 e.engine_ready = rec.state == NodeState.READY
                 e.health_score = rec.health_score
             self.core.refresh_routes()
-            for lp in (self._sweep_loop, self._flush_loop, self._publish_loop, self._routes_loop):
+            for lp in (self._sweep_loop, self._flush_loop, self._publish_loop, self._routes_loop, self._prune_loop):
                 lp.start()
             self._booted = True
             self._publish_wanted.set()
@@ -126,6 +132,12 @@ class InventoryActor:
             raise
         if self.bus is not None:
             await self.bus.emit_many([("node." + str(new), {"node_id": nid, "reason": r}) for nid, _, new, r in states])
+
+    async def _prune(self) -> None:
+        """Retention (INFERIA_EVENTS_RETENTION_S, INFERIA_TERMINATED_RETENTION_S): one bounded DELETE each."""
+        assert self.store is not None
+        self.pruned["events"] += await self.store.prune_events(self.cfg.events_retention_s, PRUNE_BATCH)
+        self.pruned["nodes"] += await self.store.prune_terminated_nodes(self.cfg.terminated_retention_s, PRUNE_BATCH)
 
     async def _publish(self) -> None:
         if not self._publish_wanted.is_set() or self.bus is None:
@@ -185,6 +197,28 @@ class InventoryActor:
         await self._after_change()
         return [(int(r.status), r.node_id, r.message) for r in results]
 
+    async def report_load(
+        self,
+        replica_id: str,
+        ongoing: dict[str, int],
+        queued: dict[str, int] | None = None,
+        last_request: dict[str, float] | None = None,
+    ) -> None:
+        """Each API replica, every ~0.5 s while it has requests in flight: per node id the requests its proxy
+        has in flight, per deployment id those waiting (replaces its last report; expires after 3 s)."""
+        await self._boot()
+        self.core.report_load(replica_id, ongoing, queued, last_request)
+
+    async def node_load(self, node_ids: list[str] | None = None) -> dict[str, int]:
+        """In-flight requests per node, summed over the API replicas (draining waits for 0)."""
+        await self._boot()
+        return self.core.node_load(node_ids)
+
+    async def load(self) -> dict[str, Any]:
+        """{"nodes": {node_id: ongoing}, "deployments": {deployment_id: {"ongoing", "queued"}}}."""
+        await self._boot()
+        return {"nodes": self.core.node_load(), "deployments": self.core.deployment_load()}
+
     async def routing_table(self) -> dict[str, Any]:
         await self._boot()
         return self.core.current_table()
@@ -231,6 +265,9 @@ class InventoryActor:
             **await self.timings(),
             "nodes_by_state": self.core.counts(),
             "heartbeats_total": self.core.heartbeats_total,
+            "stale_heartbeats_total": self.core.stale_beats_total,
+            "pruned_events": self.pruned["events"],
+            "pruned_nodes": self.pruned["nodes"],
             "transitions_total": self.core.transitions_total,
             "routing_version": self.core.version,
             "published_version": self._published_version,

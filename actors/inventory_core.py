@@ -43,6 +43,10 @@ class Heartbeat:
     endpoint: str | None = None
     reason: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    # per-node monotonic sequence of one agent start (start_id): an older beat is ignored. None: old agents,
+    # provider-relayed health (Nosana sidecar, Kubernetes): applied as they come
+    seq: int | None = None
+    start_id: str | None = None
 
 
 @dataclass
@@ -64,6 +68,8 @@ class NodeEntry:
     reason: str | None = None
     failed_by_node: bool = False  # the node itself reported the failure (not just silence)
     metrics: dict[str, Any] = field(default_factory=dict)
+    beat_start_id: str | None = None  # the agent start and sequence number of the last applied beat
+    beat_seq: int | None = None
 
     def view(self, now: float) -> dict[str, Any]:
         return {
@@ -83,6 +89,20 @@ class NodeEntry:
             "seconds_in_state": round(now - self.state_since, 3),
             "metrics": self.metrics,
         }
+
+
+# an API replica's load report (report_load, every ~0.5 s) counts this long; a replica that stops is forgotten
+LOAD_REPORT_TTL_S = 3.0
+
+
+@dataclass
+class LoadReport:
+    at: float
+    ongoing: dict[str, int]  # node id -> requests in flight through this replica's proxy
+    queued: dict[str, int]  # deployment id -> requests waiting for an endpoint
+    # deployment id -> wall time of the newest request it answered (the autoscaler's idle clock: a request
+    # shorter than the report period never shows in `ongoing`)
+    last_request: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -156,6 +176,8 @@ class InventoryCore:
         self.sweeping = sweeping
         self.heartbeats_total = 0
         self.transitions_total = 0
+        self.stale_beats_total = 0  # heartbeats older than one already applied (ignored)
+        self._load: dict[str, LoadReport] = {}  # API replica id -> its last load report
         self.rebuilds = DurationStat(clock=clock)  # routing-table rebuilds (not the no-op refreshes)
         self.endpoint_rule: EndpointRule | None = None  # judges endpoints sent to the API (actors/endpoints.py)
 
@@ -238,6 +260,9 @@ class InventoryCore:
             return HeartbeatResult(HeartbeatStatus.FORBIDDEN, entry.id, "token does not match this node")
         if entry.state in NODE_TERMINAL or entry.state == NodeState.FAILED:
             return HeartbeatResult(HeartbeatStatus.GONE, entry.id, f"node is {entry.state}")
+        if self._stale(entry, hb):  # a late beat (e.g. retried on the fallback port): answered, not applied
+            self.stale_beats_total += 1
+            return HeartbeatResult(HeartbeatStatus.OK, entry.id, "stale heartbeat ignored")
         if entry.state == NodeState.DRAINING:  # keeps serving in-flight work until deprovisioned; never routed
             entry.last_seen = self.clock()
             return HeartbeatResult(HeartbeatStatus.OK, entry.id)
@@ -283,8 +308,69 @@ class InventoryCore:
                 self._dirty = True
         return HeartbeatResult(HeartbeatStatus.OK, entry.id)
 
+    @staticmethod
+    def _stale(entry: NodeEntry, hb: Heartbeat) -> bool:
+        """True for a beat not newer than the last applied one of the same agent start; otherwise the beat's
+        sequence becomes the node's last. A new start_id (the agent restarted) is applied; no seq: as before."""
+        if hb.seq is None:
+            return False
+        if hb.start_id == entry.beat_start_id and entry.beat_seq is not None and hb.seq <= entry.beat_seq:
+            return True
+        entry.beat_start_id, entry.beat_seq = hb.start_id, hb.seq
+        return False
+
     def heartbeat_batch(self, beats: Iterable[Heartbeat], checked: bool = False) -> list[HeartbeatResult]:
         return [self.heartbeat(b, checked) for b in beats]
+
+    # ------------------------------------------------------------ load (in-flight requests, from the API)
+    def report_load(
+        self,
+        replica_id: str,
+        ongoing: dict[str, int],
+        queued: dict[str, int] | None = None,
+        last_request: dict[str, float] | None = None,
+    ) -> None:
+        """One API replica's requests in flight per node (and waiting per deployment); replaces its last
+        report. The figures are summed over the replicas whose report is younger than LOAD_REPORT_TTL_S."""
+        now = self.clock()
+        self._load[replica_id] = LoadReport(
+            now,
+            {str(k): int(v) for k, v in ongoing.items() if int(v) > 0},
+            {str(k): int(v) for k, v in (queued or {}).items() if int(v) > 0},
+            {str(k): float(v) for k, v in (last_request or {}).items()},
+        )
+        for rid in [r for r, rep in self._load.items() if now - rep.at > LOAD_REPORT_TTL_S]:
+            del self._load[rid]
+
+    def _fresh_load(self) -> list[LoadReport]:
+        now = self.clock()
+        return [r for r in self._load.values() if now - r.at <= LOAD_REPORT_TTL_S]
+
+    def node_load(self, node_ids: Iterable[str] | None = None) -> dict[str, int]:
+        """Requests in flight per node, summed over the API replicas (only nodes with some, unless named)."""
+        total: dict[str, int] = {}
+        for rep in self._fresh_load():
+            for nid, n in rep.ongoing.items():
+                total[nid] = total.get(nid, 0) + n
+        if node_ids is None:
+            return total
+        return {nid: total.get(nid, 0) for nid in node_ids}
+
+    def deployment_load(self) -> dict[str, dict[str, float]]:
+        """Per deployment: `ongoing` (in flight on its nodes) and `queued` (waiting), summed over the replicas,
+        and `last_request_at` (the newest answered request's wall time) when a replica reported one."""
+        out: dict[str, dict[str, float]] = {}
+        for nid, n in self.node_load().items():
+            e = self.nodes.get(nid)
+            if e is not None and e.deployment_id:
+                out.setdefault(e.deployment_id, {"ongoing": 0, "queued": 0})["ongoing"] += n
+        for rep in self._fresh_load():
+            for dep, n in rep.queued.items():
+                out.setdefault(dep, {"ongoing": 0, "queued": 0})["queued"] += n
+            for dep, t in rep.last_request.items():
+                entry = out.setdefault(dep, {"ongoing": 0, "queued": 0})
+                entry["last_request_at"] = max(entry.get("last_request_at", 0.0), t)
+        return out
 
     # ------------------------------------------------------------ health sweep
     def grace_all(self) -> None:

@@ -12,9 +12,10 @@ from typing import Any
 import ray
 
 from actors import pool_settings
+from actors.generations import workload as generation_workload
 from actors.pool_core import PoolManager
 from actors.provider_calls import count_calls, totals
-from actors.records import new_secret
+from actors.records import new_secret, workload_for
 from actors.runtime import (
     INVENTORY,
     Loop,
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 PROVIDER_RECONCILE_S = 10.0
 
 
+class PoolGone(PermanentProviderError):
+    """The pool is deleted (or never existed): its runtime has nothing to run."""
+
+
 class RayInventory:
     """InventoryPort over the inventory actor's handle."""
 
@@ -53,14 +58,33 @@ class RayInventory:
     async def heartbeats(self, beats: list[dict[str, Any]]) -> list[Any]:
         return list(await self.handle.heartbeats.remote(beats))
 
+    async def node_load(self, node_ids: list[str]) -> dict[str, int]:
+        return dict(await self.handle.node_load.remote(node_ids))
+
+
+def workload_spec(workload: dict[str, Any] | None) -> WorkloadSpec | None:
+    if workload is None:
+        return None
+    w = dict(workload)
+    w["args"] = tuple(w.get("args") or ())
+    return WorkloadSpec(**w)
+
 
 class PoolRuntime:
     """One pool: its PoolManager, its provider-reconcile loop and its API (all idempotent)."""
 
-    def __init__(self, pool_id: str, cfg: RuntimeConfig, store: Callable[[], Awaitable[Store]]) -> None:
+    def __init__(
+        self,
+        pool_id: str,
+        cfg: RuntimeConfig,
+        store: Callable[[], Awaitable[Store]],
+        on_deleted: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self.pool_id = pool_id
         self.cfg = cfg
         self._get_store = store
+        self._on_deleted = on_deleted  # the deletion settled: the actor stops this runtime (or itself)
+        self.retired = False
         self.manager: PoolManager | None = None
         self.store: Store | None = None
         self._boot_lock = asyncio.Lock()
@@ -76,7 +100,7 @@ class PoolRuntime:
             self.store = await self._get_store()
             pool = await self.store.get_pool(self.pool_id)
             if pool is None:
-                raise PermanentProviderError(f"pool {self.pool_id} does not exist")
+                raise PoolGone(f"pool {self.pool_id} does not exist")
             adapter = count_calls(
                 create_adapter(pool.provider, pool.id, pool.provider_config, self.cfg.data_dir), pool.provider
             )
@@ -90,6 +114,8 @@ class PoolRuntime:
                 heartbeat_url=self.cfg.heartbeat_url,
                 heartbeat_fallback_url=self.cfg.heartbeat_fallback_url,
                 heartbeat_interval_s=self.cfg.heartbeat_interval_s,
+                drain_timeout_s=self.cfg.drain_timeout_s,
+                workloads=self._workload,
             )
             await manager.start()
             self.manager = manager
@@ -98,11 +124,23 @@ class PoolRuntime:
             log.info("pool %s (%s) ready with %d nodes", pool.name, pool.provider, len(manager.nodes))
             return manager
 
+    async def _workload(self, deployment_id: str) -> WorkloadSpec | None:
+        """What a deployment's nodes run, from Postgres (a restarted pool provisions a node again with it)."""
+        assert self.store is not None
+        dep = await self.store.get_deployment(deployment_id)
+        model = await self.store.get_model(dep.model_id) if dep is not None else None
+        if dep is None or model is None:
+            return None
+        # the target generation's model, arguments, environment and image (issue 12)
+        return workload_spec(await generation_workload(self.store, dep, model) or workload_for(dep, model))
+
     async def _boot_unless_gone(self) -> None:
         try:
             await self._boot()
         except PermanentProviderError as exc:  # deleted pool, provider not installed: nothing to retry
             log.warning("pool %s not started: %s", self.pool_id, exc)
+            if isinstance(exc, PoolGone):
+                self._retire()
 
     async def _tick(self) -> None:
         m = self.manager
@@ -134,13 +172,21 @@ class PoolRuntime:
 
     async def create_nodes(self, node_ids: list[str], workload: dict[str, Any] | None) -> dict[str, Any]:
         m = await self._boot()
-        spec = None
-        if workload is not None:
-            w = dict(workload)
-            w["args"] = tuple(w.get("args") or ())
-            spec = WorkloadSpec(**w)
-        created, error = await m.create_nodes(node_ids, spec)
-        return {"ok": error is None, "error": error, "nodes": created}
+        await self._refresh_state(m)
+        created, error = await m.create_nodes(node_ids, workload_spec(workload))
+        out: dict[str, Any] = {"ok": error is None, "error": error, "nodes": created}
+        if error is not None and m.pool.state != PoolState.ACTIVE:
+            out["code"] = "pool_not_active"
+        return out
+
+    async def _refresh_state(self, m: PoolManager) -> None:
+        """A deletion is marked in Postgres (by the API, in one transaction with its check) before this actor
+        hears of it: new nodes are refused from that moment, whatever this actor last saw."""
+        if m.pool.state != PoolState.ACTIVE or self.store is None:
+            return
+        fresh = await self.store.get_pool(self.pool_id)
+        if fresh is None or fresh.state != PoolState.ACTIVE:
+            m.pool.state = PoolState.DELETED if fresh is None else fresh.state
 
     async def terminate_node(self, node_id: str, reason: str | None = None) -> bool:
         m = await self._boot()
@@ -191,8 +237,8 @@ class PoolRuntime:
         m.pool.state = PoolState.DELETING
         m.pool.target_nodes = 0
         for node_id in list(m.nodes):
-            await m.terminate_node(node_id, "pool deleted")
-        for _ in range(600):
+            await m.drain_node(node_id, "pool deleted")
+        for _ in range(int((m.drain_timeout_s + 60) * 10)):
             if not m.nodes:
                 break
             await asyncio.sleep(0.1)
@@ -207,7 +253,23 @@ class PoolRuntime:
             return False  # the provider reconcile settles what is left; the next tick tries again
         await self.store.set_pool_state(self.pool_id, PoolState.DELETED, [PoolState.DELETING])
         m.pool.state = PoolState.DELETED
+        self._retire()
         return True
+
+    def _retire(self) -> None:
+        """The deletion settled: stop the reconcile loop and the adapter (no loop left calling list_nodes). From
+        a task of its own: the loop being stopped may be the one that finished the deletion."""
+        if self.retired:
+            return
+        self.retired = True
+
+        async def retire() -> None:
+            await self.shutdown()
+            if self._on_deleted is not None:
+                await self._on_deleted(self.pool_id)
+            log.info("pool %s deleted: its runtime stopped", self.pool_id)
+
+        asyncio.get_running_loop().create_task(retire(), name=f"retire:{self.pool_id}")
 
     async def terminate_all(self, reason: str) -> int:
         """Terminate every node of this pool and wait (bounded) until they are gone."""
@@ -268,8 +330,17 @@ class PoolActor:
     def _runtime(self, pool_id: str) -> PoolRuntime:
         rt = self.pools.get(pool_id)
         if rt is None:
-            rt = self.pools[pool_id] = PoolRuntime(pool_id, self.cfg, self._shared_store)
+            rt = self.pools[pool_id] = PoolRuntime(pool_id, self.cfg, self._shared_store, self._retired)
         return rt
+
+    async def _retired(self, pool_id: str) -> None:
+        """A pool's deletion settled and its runtime stopped: a host drops it; a one-pool actor ends (without
+        a restart), a little later so that the call that finished the deletion gets its answer."""
+        self.pools.pop(pool_id, None)
+        if host_index(self.key) is None:
+            await asyncio.sleep(1.0)
+            log.info("pool actor %s: pool deleted, exiting", self.key)
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     async def hosted(self) -> list[str]:
         """The pools this actor runs."""

@@ -145,3 +145,21 @@ class ReplicaRecord:
     generation: int = 1
     endpoint: str | None = None
     created_at: datetime | None = None
+
+
+def workload_for(dep: DeploymentRecord, model: ModelRecord) -> dict[str, Any]:
+    """What a deployment's nodes run (adapters.base.WorkloadSpec fields): built from Postgres alone, so a
+    restarted pool can provision a node again with what it was created with."""
+    return {
+        "deployment_id": dep.id,
+        "model_name": model.name,
+        "engine": model.engine,
+        "image": model.image,
+        "source": model.source,
+        "args": list(model.args),
+        "env": dict(model.env),
+        "port": model.port,
+        "health_path": model.health_path,
+        "gpus": model.gpus,
+        "inference_key": dep.inference_key,
+    }

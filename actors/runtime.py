@@ -61,6 +61,11 @@ class RuntimeConfig:
     data_url: str | None = None
     # 0: one Ray actor per pool; N > 0: N pool-host actors share the pools (each actor is a ~60 MiB process)
     pool_hosts: int = 0
+    # a draining node is deprovisioned when idle, or after this long with requests still in flight
+    drain_timeout_s: float = 30.0
+    # retention: events older than this are deleted; terminated node rows this long after their end
+    events_retention_s: float = 7 * 86400.0
+    terminated_retention_s: float = 86400.0
     # the Fernet key of the deployment keys at rest (actors/secretbox.py); hidden from repr, never logged
     master_key: str = field(default="", repr=False)
     # GET /metrics without a token for clients on loopback (INFERIA_METRICS_OPEN_ON_LOOPBACK)

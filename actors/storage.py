@@ -155,6 +155,16 @@ class Store:
         q = "INSERT INTO events (kind, entity_type, entity_id, data) VALUES ($1, $2, $3, $4)"
         await (conn or self.pool).execute(q, kind, entity_type, entity_id, data or {})
 
+    async def prune_events(self, older_than_s: float, limit: int) -> int:
+        """Delete at most `limit` events older than `older_than_s` seconds (retention); the number deleted."""
+        r = await self.pool.execute(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < now() - make_interval(secs => $1)"
+            " ORDER BY id LIMIT $2)",
+            float(older_than_s),
+            limit,
+        )
+        return int(r.split()[-1])
+
     async def list_events(
         self,
         entity_id: str | None = None,
@@ -356,6 +366,18 @@ class Store:
         rows = await self.pool.fetch(f"SELECT {_NODE_COLS} FROM inventory_nodes{where} ORDER BY created_at", *args)
         return [_node(r) for r in rows]
 
+    async def prune_terminated_nodes(self, older_than_s: float, limit: int) -> int:
+        """Delete at most `limit` rows of nodes terminated more than `older_than_s` seconds ago (that no
+        replicas row names); the number deleted."""
+        r = await self.pool.execute(
+            "DELETE FROM inventory_nodes WHERE id IN (SELECT n.id FROM inventory_nodes n"
+            " WHERE n.state = 'terminated' AND n.updated_at < now() - make_interval(secs => $1)"
+            " AND NOT EXISTS (SELECT 1 FROM replicas r WHERE r.node_id = n.id) LIMIT $2)",
+            float(older_than_s),
+            limit,
+        )
+        return int(r.split()[-1])
+
     async def page_nodes(
         self,
         *,
@@ -477,7 +499,12 @@ class Store:
 
     # ---------------------------------------------------------------- deployments
     async def insert_deployment(self, d: DeploymentRecord) -> DeploymentRecord:
+        """Insert, only while its pool is active: the pool's row is locked (start_pool_delete takes the same
+        lock), so a deployment never lands on a pool being deleted. ConflictError otherwise."""
         async with self.pool.acquire() as conn, conn.transaction():
+            pool_state = await conn.fetchval("SELECT state FROM compute_pools WHERE id = $1 FOR SHARE", d.pool_id)
+            if pool_state != str(PoolState.ACTIVE):
+                raise ConflictError(f"pool {d.pool_id} is {pool_state or 'gone'}")
             row = await conn.fetchrow(
                 f"INSERT INTO model_deployments (id, model_id, pool_id, desired_replicas, state, generation,"
                 f" inference_key, inference_key_hash, rate_limit_rpm, autoscaling)"

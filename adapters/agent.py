@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
@@ -162,6 +163,10 @@ class Agent:
         self._last_beat_outcome: str | None = None
         self._pending_failure: str | None = None
         self._secrets = cfg.secrets()
+        # every beat carries (start_id, seq): seq grows by one per beat of this agent process, so the inventory
+        # ignores a beat older than one it applied (a retry on the fallback port arriving late)
+        self.start_id = uuid.uuid4().hex[:16]
+        self._seq = 0
         self._metrics_off_until = 0.0  # after a 404 (no metrics served) the scrape pauses
 
     # ------------------------------------------------------------------ control
@@ -308,9 +313,13 @@ class Agent:
 
     # ------------------------------------------------------------------ heartbeat
     def heartbeat_body(self) -> dict[str, Any]:
+        """The next beat (each call takes the next sequence number; a retry re-sends the same body)."""
         cpu, ram = _metrics()
+        self._seq += 1
         return {
             "node_id": self.cfg.node_id,
+            "seq": self._seq,
+            "start_id": self.start_id,
             "state": self.state,
             "health_score": self.health_score(),
             "endpoint": self.cfg.endpoint if self.cfg.engine_cmd else None,

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +24,14 @@ from serve_app.metrics import ReplicaMetrics
 from serve_app.proxy import InferenceProxy
 from serve_app.ratelimit import RateLimited, RateLimiter
 from serve_app.routing_cache import RoutingCache
+
+log = logging.getLogger(__name__)
+
+# the proxy's requests in flight per node go to the inventory this often (draining waits for a node's 0; the
+# autoscaler reads the sums); unchanged figures are re-sent every LOAD_KEEPALIVE_S (a report expires after 3 s),
+# and an idle replica that said so once sends nothing
+LOAD_REPORT_S = 0.5
+LOAD_KEEPALIVE_S = 1.0
 
 
 @dataclass
@@ -53,6 +66,8 @@ class AppContext:
         self.metrics = ReplicaMetrics(self._metrics_snapshot)
         self._start_lock: asyncio.Lock | None = None
         self.started = False
+        self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._load_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self._start_lock is None:
@@ -66,14 +81,38 @@ class AppContext:
             self.tokens.start()
             # heartbeats can reach the inventory from now on: it starts counting missed ones
             await call(self.inventory().ingress_started.remote(), 30)
+            self._load_task = asyncio.get_running_loop().create_task(self._report_load(), name="report-load")
             self.started = True
 
     async def close(self) -> None:
+        if self._load_task is not None:
+            self._load_task.cancel()
         await self.tokens.stop()
         await self.routing.stop()
         await self.proxy.close()
         if self.store:
             await self.store.close()
+
+    async def _report_load(self) -> None:
+        """Push the proxy's per-node requests in flight (proxy.outstanding) to the inventory (report_load)."""
+        last: dict[str, int] | None = None
+        sent_at = 0.0
+        failing = False
+        while True:
+            await asyncio.sleep(LOAD_REPORT_S)
+            ongoing = {k: v for k, v in self.proxy.outstanding.items() if v > 0}
+            now = time.monotonic()
+            if ongoing == last and (not ongoing or now - sent_at < LOAD_KEEPALIVE_S):
+                continue
+            try:
+                await call(self.inventory().report_load.remote(self.replica_id, ongoing), 5)
+            except Exception as exc:  # the inventory restarting: the next round sends again
+                if not failing:
+                    log.warning("load report to the inventory failed: %s", exc)
+                failing = True
+                continue
+            failing = False
+            last, sent_at = ongoing, now
 
     # ------------------------------------------------------------ actors
     def inventory(self) -> Any:

@@ -110,14 +110,12 @@ async def get_pool(ref: str, request: Request) -> dict[str, Any]:
 async def delete_pool(ref: str, request: Request) -> dict[str, Any]:
     store = store_of(request)
     pool = await _pool(store, ref)
-    active = await store.list_deployments(states=set(DEPLOYMENT_ACTIVE) | {D.STOPPING}, pool_id=pool.id)
+    # the check and the mark in one transaction on the pool's row (POST /v1/deployments locks it too)
+    active = await store.start_pool_delete(pool.id, set(DEPLOYMENT_ACTIVE) | {D.STOPPING})
     if active:
-        raise ApiError(
-            409, "pool_in_use", f"pool {pool.name!r} has {len(active)} active deployment(s); stop them first"
-        )
+        raise ApiError(409, "pool_in_use", f"pool {pool.name!r} has {active} active deployment(s); stop them first")
     actor = ctx_of(request).pool_actor(pool.id)
     actor.delete_pool.remote()  # runs in the background; the pool goes 'deleting' -> 'deleted'
-    await store.set_pool_state(pool.id, PoolState.DELETING, [PoolState.ACTIVE])
     return {"id": pool.id, "state": str(PoolState.DELETING)}
 
 
@@ -193,12 +191,27 @@ async def scale_pool(ref: str, body: PoolScale, request: Request) -> dict[str, A
 
 
 @router.get("/pools/{ref}/nodes")
-async def pool_nodes(ref: str, request: Request, all: bool = False) -> list[dict[str, Any]]:
+async def pool_nodes(
+    ref: str,
+    request: Request,
+    response: Response,
+    all: bool = False,
+    limit: int | None = Query(None, ge=1, le=10_000),
+    offset: int = Query(0, ge=0),
+) -> list[dict[str, Any]]:
+    """The pool's nodes, oldest first; `limit`/`offset` page through them (X-Total-Count: how many match)."""
     store = store_of(request)
     pool = await _pool(store, ref)
     live = {n["id"]: n for n in await call(ctx_of(request).inventory().nodes.remote(), 30)}
+    states = None if all else NODE_ALIVE
+    if limit is None and offset == 0:
+        recs = await store.list_nodes(pool.id, states)
+        total = len(recs)
+    else:
+        recs, total = await store.page_nodes(pool_id=pool.id, states=states, limit=limit or 10_000, offset=offset)
+    response.headers["X-Total-Count"] = str(total)
     out = []
-    for rec in await store.list_nodes(pool.id, None if all else NODE_ALIVE):
+    for rec in recs:
         d = rec.public()
         if rec.id in live:
             d.update({k: live[rec.id][k] for k in ("state", "health_score", "seconds_since_heartbeat", "reason")})
@@ -466,7 +479,10 @@ async def create_deployment(body: DeploymentCreate, request: Request) -> dict[st
         rate_limit_rpm=body.rate_limit_rpm,
         autoscaling=policy.to_dict() if policy else None,
     )
-    rec = await store.insert_deployment(rec)
+    try:
+        rec = await store.insert_deployment(rec)  # refused when the pool stopped being active meanwhile
+    except ConflictError as exc:
+        raise ApiError(409, "pool_not_active", f"pool {pool.name!r} is being deleted", "pool") from exc
     await call(ctx_of(request).deployments().notify.remote(), 30)
     out = await _dep_out(request, rec, [])
     out["inference_key"] = key  # shown once, never again

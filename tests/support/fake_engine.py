@@ -5,8 +5,9 @@
 
 GET /v1/models, GET /health, POST /v1/chat/completions and POST /v1/completions (both with
 `"stream": true` as server-sent events). Answers echo the last user message / the prompt and
-carry `"served_by": "<port>"`. When the env var named by --api-key-env is set, the /v1 routes
-require `Authorization: Bearer <that value>`.
+carry `"served_by": "<port>"`; a chat whose last user message is `sleep:<seconds>` answers that much
+later. When the env var named by --api-key-env is set, the /v1 routes require
+`Authorization: Bearer <that value>`.
 
 With `--slots K` the engine runs at most K generations at once (the others wait for a slot, like vLLM's
 scheduler queue) and each takes `--service-ms`; GET /metrics exposes vLLM's series
@@ -185,7 +186,10 @@ class Handler(BaseHTTPRequestHandler):
         }
 
     def _chat(self, body: dict[str, Any]) -> None:
-        text = f"echo: {_last_user_text(body.get('messages'))}"
+        user = _last_user_text(body.get("messages"))
+        if user.startswith("sleep:"):  # "sleep:<seconds>": a slow request (drain tests keep one in flight)
+            time.sleep(min(60.0, float(user.split(":", 1)[1] or 0)))
+        text = f"echo: {user}"
         usage = {"prompt_tokens": 1, "completion_tokens": len(text.split()), "total_tokens": 1 + len(text.split())}
         if body.get("stream"):
             base = {**self._common("chatcmpl"), "object": "chat.completion.chunk"}

@@ -209,6 +209,8 @@ def test_reports_starting_then_ready(receiver: Receiver, runner: AgentRunner) ->
         auth = set(receiver.auth)
     assert set(ready) == {
         "node_id",
+        "seq",
+        "start_id",
         "state",
         "health_score",
         "endpoint",
@@ -218,6 +220,7 @@ def test_reports_starting_then_ready(receiver: Receiver, runner: AgentRunner) ->
         "reason",
     }
     assert starting["health_score"] == 0
+    assert ready["seq"] > starting["seq"] and ready["start_id"] == starting["start_id"]
     assert ready["node_id"] == "node-1"
     assert ready["health_score"] == 100
     assert ready["endpoint"] == f"http://127.0.0.1:{port}"
@@ -469,3 +472,17 @@ def test_config_repr_hides_secrets() -> None:
     )
     assert TOKEN not in repr(cfg) and KEY not in repr(cfg)
     assert agent_mod.mask(f"--x {KEY} {TOKEN}", cfg.secrets()) == "--x *** ***"
+
+
+def test_each_beat_carries_the_next_seq_and_the_start_id() -> None:
+    """Issue 10 #8: the inventory ignores a beat older than one it applied (same start_id)."""
+    cfg = agent_mod.AgentConfig(node_id="n", heartbeat_url="http://127.0.0.1:1/", token=TOKEN)
+    first, second = agent_mod.Agent(cfg), agent_mod.Agent(cfg)
+    try:
+        a, b = first.heartbeat_body(), first.heartbeat_body()
+        assert (a["seq"], b["seq"]) == (1, 2)
+        assert a["start_id"] == b["start_id"] == first.start_id
+        assert second.heartbeat_body()["start_id"] != first.start_id  # a new agent start
+    finally:
+        first._client.close()
+        second._client.close()

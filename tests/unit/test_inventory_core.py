@@ -620,3 +620,67 @@ def test_restore_writes_keeps_the_database_state_expected(core: InventoryCore) -
     assert (node_id, new) == ("n1", N.DRAINING)
     assert N.READY in expected, f"CAS expects {expected}, but the database still holds 'ready'"
     assert N.UNHEALTHY in expected
+
+
+# ------------------------------------------------------------------------------------ heartbeat seq (issue 10 #8)
+def test_a_late_older_beat_cannot_resurrect(core: InventoryCore) -> None:
+    """The agent retried an old `ready` beat on the fallback port; it lands after a newer `failed` one."""
+    ready_node(core)
+    assert core.heartbeat(beat(state="ready", seq=5, start_id="s1")).status == HeartbeatStatus.OK
+    assert core.heartbeat(beat(state="failed", reason="engine exited", seq=7, start_id="s1")).status == 200
+    assert core.nodes["n1"].state == N.UNHEALTHY
+    late = core.heartbeat(beat(state="ready", seq=6, start_id="s1"))
+    assert late.status == HeartbeatStatus.OK and late.message == "stale heartbeat ignored"
+    assert core.nodes["n1"].state == N.UNHEALTHY  # not applied
+    assert core.routing_table()["models"] == {}
+    assert core.heartbeat(beat(state="ready", seq=7, start_id="s1")).message == "stale heartbeat ignored"
+    assert core.stale_beats_total == 2
+    assert core.heartbeat(beat(state="ready", seq=8, start_id="s1")).message is None
+    assert core.nodes["n1"].state == N.READY
+
+
+def test_a_beat_of_a_new_agent_start_is_applied(core: InventoryCore) -> None:
+    ready_node(core)
+    core.heartbeat(beat(state="failed", seq=900, start_id="s1"))
+    assert core.nodes["n1"].state == N.UNHEALTHY
+    res = core.heartbeat(beat(state="ready", seq=1, start_id="s2"))  # the agent restarted: seq starts again
+    assert res.message is None and core.nodes["n1"].state == N.READY
+
+
+def test_beats_without_seq_work_as_before(core: InventoryCore) -> None:
+    """Old agents and provider-relayed health (the Nosana sidecar) send no seq."""
+    ready_node(core)
+    core.heartbeat(beat(state="ready", seq=10, start_id="s1"))
+    core.heartbeat(beat(state="failed"))
+    assert core.nodes["n1"].state == N.UNHEALTHY
+    core.heartbeat(beat(state="ready"))
+    assert core.nodes["n1"].state == N.READY
+    assert core.stale_beats_total == 0
+
+
+def test_a_stale_beat_of_a_terminated_node_is_still_gone(core: InventoryCore) -> None:
+    ready_node(core)
+    core.heartbeat(beat(seq=3, start_id="s1"))
+    core.transition("n1", N.TERMINATED)
+    assert core.heartbeat(beat(seq=2, start_id="s1")).status == HeartbeatStatus.GONE
+
+
+# ------------------------------------------------------------------------------------ load (issue 10 #9)
+def test_load_reports_are_summed_over_replicas_and_expire(core: InventoryCore, clock: FakeClock) -> None:
+    ready_node(core, "n1")
+    add(core, "n2", deployment="d2")
+    core.report_load("api-a", {"n1": 2, "n2": 1}, {"d1": 4})
+    core.report_load("api-b", {"n1": 3, "n2": 0})
+    assert core.node_load() == {"n1": 5, "n2": 1}
+    assert core.node_load(["n1", "n3"]) == {"n1": 5, "n3": 0}
+    assert core.deployment_load() == {"d1": {"ongoing": 5, "queued": 4}, "d2": {"ongoing": 1, "queued": 0}}
+    core.report_load("api-a", {"n1": 1})  # a replica's new report replaces its last one
+    assert core.node_load() == {"n1": 4}
+    clock.advance(2.0)
+    core.report_load("api-b", {"n1": 1})
+    clock.advance(1.5)  # api-a's report is 3.5 s old: expired; api-b's counts
+    assert core.node_load() == {"n1": 1}
+    clock.advance(2.0)
+    assert core.node_load() == {}
+    core.report_load("api-c", {})
+    assert set(core._load) == {"api-c"}  # expired reports are dropped, not kept forever

@@ -785,7 +785,7 @@ async def test_a_terminate_never_sticks_when_the_adapter_raises_something_else(e
             raise ValueError("bad label value")
         await real(ref)
 
-    env.adapter.deprovision_node = translate_bug  # type: ignore[method-assign]
+    env.adapter.deprovision_node = translate_bug  # type: ignore[method-assign,assignment]
     assert await env.manager.terminate_node("n1")
     await wait_until(lambda: env.manager.nodes["n1"].idle)
     assert not env.manager.nodes["n1"].terminating
@@ -942,7 +942,7 @@ async def test_an_unknown_load_is_not_idle(env: Env) -> None:
     async def broken(ids: list[str]) -> dict[str, int]:
         raise ConnectionError("inventory unreachable")
 
-    env.manager.inventory.node_load = broken  # type: ignore[method-assign]
+    env.manager.inventory.node_load = broken  # type: ignore[method-assign,assignment]
     assert await env.manager.drain_node("n1")
     await gone(env, "n1")
     assert sum(env.sleep.delays) == pytest.approx(7.0)  # waited the whole drain timeout

@@ -268,3 +268,13 @@ def test_engine_names_are_the_catalogs() -> None:
     from serve_app.schemas import EngineName
 
     assert set(get_args(EngineName)) == set(ENGINE_NAMES)
+
+
+def test_heartbeat_seq_and_start_id_are_optional_and_validated() -> None:
+    hb = HeartbeatIn(node_id="n1", seq=3, start_id="a1b2c3")
+    assert hb.to_core(None)["seq"] == 3 and hb.to_core(None)["start_id"] == "a1b2c3"
+    assert HeartbeatIn(node_id="n1").to_core(None)["seq"] is None
+    for bad in (-1, "5", True, 2**63, 1.5):
+        assert [tuple(e["loc"]) for e in errors(HeartbeatIn, {"node_id": "n1", "seq": bad})] == [("seq",)]
+    for bad in ("", "x" * 65, "a b", "é"):
+        assert [tuple(e["loc"]) for e in errors(HeartbeatIn, {"node_id": "n1", "start_id": bad})] == [("start_id",)]
