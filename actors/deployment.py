@@ -17,7 +17,10 @@ from actors.deployment_core import (
     RemoveReplica,
     SetState,
 )
+from actors.generations import workload as generation_workload
 from actors.records import DeploymentRecord, ModelRecord, ReplicaRecord, new_id, workload_for
+from actors.rollout import RolloutPlanner
+from actors.rollout_runner import RolloutRunner
 from actors.runtime import (
     INVENTORY,
     Loop,
@@ -49,6 +52,13 @@ class DeploymentActor:
         )
         self.store: Store | None = None
         self.autoscaler = AutoscaleRunner()
+        self.rollouts = RolloutRunner(  # issue 12: deployments in `updating` (actors/rollout.py)
+            RolloutPlanner(
+                deadline_s=self.cfg.rollout_deadline_s,
+                replace_grace_s=self.cfg.replace_grace_s,
+                provision_timeout_s=self.cfg.provision_timeout_s,
+            )
+        )
         self._boot_lock = asyncio.Lock()
         self._loop: Loop | None = None
         self._urgent: Loop | None = None
@@ -111,8 +121,13 @@ class DeploymentActor:
                 load = {}
             annotate_load(nodes, load.get("nodes") or {})
             await self.autoscaler.run(store, deps, nodes, load)
-        views = [DeploymentView(d.id, d.state, d.desired_replicas, d.generation, d.error) for d in deps.values()]
-        actions = self.planner.plan(views, nodes)
+        rolling = await self.rollouts.run(store, deps, nodes)  # the deployments in `updating`
+        views = [
+            DeploymentView(d.id, d.state, d.desired_replicas, d.generation, d.error)
+            for d in deps.values()
+            if d.state != DeploymentState.UPDATING
+        ]
+        actions = self.planner.plan(views, nodes) + rolling
         await self._sync_replicas(deps, nodes)
         models: dict[str, ModelRecord | None] = {}
         creates: list[Any] = []
@@ -179,7 +194,7 @@ class DeploymentActor:
         write per batch: 1,000 replicas are 10 round trips, not 2,000)."""
         assert self.store is not None
         pool = get_pool_actor(dep.pool_id, self.cfg)
-        wl = workload_for(dep, model)
+        wl = await generation_workload(self.store, dep, model) or workload_for(dep, model)  # the target generation
         left = count
         while left > 0:
             ids = [new_id("node") for _ in range(min(left, CREATE_BATCH))]
@@ -230,7 +245,8 @@ class DeploymentActor:
                     self._removing.pop(n["id"], None)
                 continue
             if self._replica_state.get(key) != state:
-                await self.store.upsert_replica(ReplicaRecord(dep_id, n["id"], state, endpoint=n.get("endpoint")))
+                rec = ReplicaRecord(dep_id, n["id"], state, deps[dep_id].generation, endpoint=n.get("endpoint"))
+                await self.store.upsert_replica(rec)
                 self._replica_state[key] = state
         for key in [k for k in self._replica_state if k not in seen and k[0] in deps]:
             await self.store.delete_replica(*key)

@@ -125,7 +125,7 @@ async def replica_generations(store: Store, dep_ids: list[str] | None = None) ->
     return {r["node_id"]: int(r["generation"]) for r in rows}
 
 
-async def _spec_of(conn: asyncpg.Connection, dep_id: str, generation: int, model_id: str) -> GenerationSpec:
+async def _spec_of(conn: Any, dep_id: str, generation: int, model_id: str) -> GenerationSpec:
     row = await conn.fetchrow(
         f"SELECT {_GEN_COLS} FROM deployment_generations WHERE deployment_id = $1 AND generation = $2",
         dep_id,
@@ -135,7 +135,7 @@ async def _spec_of(conn: asyncpg.Connection, dep_id: str, generation: int, model
     return _gen(row) if row else GenerationSpec(dep_id, generation, model_id)
 
 
-async def _insert_spec(conn: asyncpg.Connection, s: GenerationSpec) -> None:
+async def _insert_spec(conn: Any, s: GenerationSpec) -> None:
     await conn.execute(
         "INSERT INTO deployment_generations (deployment_id, generation, model_id, args, env, image,"
         " previous_generation) VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (deployment_id, generation) DO NOTHING",
@@ -187,8 +187,9 @@ async def start_generation(
         for f, v in changes.items():
             setattr(spec, f, v)
         if spec.same_spec(base):
-            rec = await conn.fetchrow(f"SELECT {_DEP_COLS} FROM model_deployments WHERE id = $1", dep_id)
-            return _dep(rec, store.box), False
+            same = await conn.fetchrow(f"SELECT {_DEP_COLS} FROM model_deployments WHERE id = $1", dep_id)
+            assert same is not None
+            return _dep(same, store.box), False
         if base.generation == current:
             await _insert_spec(conn, base)  # so a later rollback can copy what runs now
         await _insert_spec(conn, spec)
@@ -253,6 +254,7 @@ async def roll_back(store: Store, dep_id: str, reason: str, *, automatic: bool) 
             reason,
             automatic,
         )
+        assert row is not None
         rec = _roll(row)
         await conn.execute(
             "UPDATE model_deployments SET generation = $2, updated_at = now() WHERE id = $1",

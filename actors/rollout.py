@@ -222,7 +222,8 @@ class RolloutPlanner:
                 why = f"no new replica became ready for {deadline:.0f}s (progress deadline)"
             if why is not None:
                 # stop here: nothing more is created or drained; the next round plans back to the old generation
-                return [a for a in out if isinstance(a, RemoveReplica)] + [RollBack(r.deployment_id, why)]
+                stop: list[RolloutAction] = [a for a in out if isinstance(a, RemoveReplica)]
+                return [*stop, RollBack(r.deployment_id, why)]
 
         # old replicas that serve nothing go at once (never a ready one here)
         for n in old_keep:

@@ -53,6 +53,8 @@ class RuntimeConfig:
     heartbeat_misses: int = 3
     replace_grace_s: float = 0.0
     provision_timeout_s: float = 600.0
+    # a rolling update with no new replica ready for this long rolls back (INFERIA_ROLLOUT_DEADLINE_S, issue 12)
+    rollout_deadline_s: float = 600.0
     reconcile_interval_s: float = 1.0
     log_level: str = "INFO"
     # the API replica's own HTTP server (no Serve proxy hop); node agents post heartbeats there

@@ -491,7 +491,11 @@ class Store:
 
     async def delete_model(self, model_id: str) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
-            used = await conn.fetchval("SELECT count(*) FROM model_deployments WHERE model_id = $1", model_id)
+            used = await conn.fetchval(
+                "SELECT count(*) FROM model_deployments d WHERE d.model_id = $1 OR EXISTS (SELECT 1 FROM"
+                " deployment_generations g WHERE g.deployment_id = d.id AND g.model_id = $1)",  # issue 12
+                model_id,
+            )
             if used:
                 raise ConflictError(f"model is used by {used} deployment(s); delete them first")
             r = await conn.execute("DELETE FROM model_registry WHERE id = $1", model_id)

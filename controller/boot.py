@@ -196,6 +196,7 @@ class ControlPlane:
             heartbeat_misses=s.heartbeat_misses,
             replace_grace_s=s.replace_grace_s if s.replace_grace_s is not None else 2 * s.heartbeat_interval_s,
             provision_timeout_s=s.provision_timeout_s,
+            rollout_deadline_s=s.rollout_deadline_s,
             reconcile_interval_s=s.reconcile_interval_s,
             log_level=s.log_level,
             pool_hosts=s.pool_hosts,

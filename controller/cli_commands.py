@@ -659,5 +659,8 @@ def register(app: typer.Typer) -> None:
     from controller import cli_credentials  # tokens, rotate-key, rate-limit (it imports this module)
 
     cli_credentials.register(app, deployments_app)
+    from controller import cli_rollout  # deployments update / rollback (issue 12; it imports this module)
+
+    cli_rollout.register(deployments_app)
     app.command("routes")(routes)
     app.command("logs")(logs)

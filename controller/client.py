@@ -495,6 +495,26 @@ def _idle_pause(started: float, min_interval: float = 0.5) -> float:
     return max(0.0, min_interval - (time.monotonic() - started))
 
 
+class UpdateRolledBack(InferiaError):
+    """The update did not finish: it was rolled back (by itself, or on request); the deployment runs its old
+    generation. `deployment` holds the last answer (its `rollout.last_failure` says why)."""
+
+    def __init__(self, message: str, deployment: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.deployment = deployment
+
+
+def _update_done(dep: dict[str, Any], generation: int) -> bool:
+    """True when the roll-out to `generation` is over; raises UpdateRolledBack when it ended elsewhere."""
+    roll = dep.get("rollout") or {}
+    if dep.get("state") == "updating" or roll.get("phase") not in (None, "done"):
+        return False
+    if int(dep.get("current_generation") or 0) >= generation:
+        return True
+    why = roll.get("last_failure") or "rolled back"
+    raise UpdateRolledBack(f"deployment {dep.get('id')}: generation {generation} rolled back: {why}", dep)
+
+
 def _check_wait(dep: dict[str, Any], states: Iterable[str]) -> bool:
     """True when done; raises DeploymentFailed when the deployment failed (and that was not awaited)."""
     state = str(dep.get("state"))
@@ -600,6 +620,28 @@ class Client(_Api[Any]):
                 raise WaitTimeout(f"timed out after {timeout:g}s: {_state_line(dep)}", dep)
             time.sleep(max(0.0, min(poll, deadline - time.monotonic())))
 
+    def wait_update(
+        self,
+        dep_id: str,
+        generation: int,
+        timeout: float = 1800,
+        poll: float = 1.0,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the roll-out to `generation` (the `generation` of update_deployment's answer) is over.
+        Raises UpdateRolledBack when it was rolled back, WaitTimeout after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            dep = self.get_deployment(dep_id)
+            assert isinstance(dep, dict)
+            if on_update is not None:
+                on_update(dep)
+            if _update_done(dep, generation):
+                return dep
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(f"timed out after {timeout:g}s: {_state_line(dep)}", dep)
+            time.sleep(max(0.0, min(poll, deadline - time.monotonic())))
+
 
 # ---------------------------------------------------------------- async client
 class AsyncClient(_Api[Awaitable[Any]]):
@@ -697,6 +739,26 @@ class AsyncClient(_Api[Awaitable[Any]]):
             if on_update is not None:
                 on_update(dep)
             if _check_wait(dep, wanted):
+                return dep
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(f"timed out after {timeout:g}s: {_state_line(dep)}", dep)
+            await asyncio.sleep(max(0.0, min(poll, deadline - time.monotonic())))
+
+    async def wait_update(
+        self,
+        dep_id: str,
+        generation: int,
+        timeout: float = 1800,
+        poll: float = 1.0,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            dep = await self.get_deployment(dep_id)
+            assert isinstance(dep, dict)
+            if on_update is not None:
+                on_update(dep)
+            if _update_done(dep, generation):
                 return dep
             if time.monotonic() >= deadline:
                 raise WaitTimeout(f"timed out after {timeout:g}s: {_state_line(dep)}", dep)

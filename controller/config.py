@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     replace_grace_s: float | None = Field(default=None, ge=0, validation_alias="INFERIA_REPLACE_GRACE_S")
     # how long a node may stay in `provisioning` without a ready heartbeat before it is failed
     provision_timeout_s: float = Field(default=600.0, gt=0, validation_alias="INFERIA_PROVISION_TIMEOUT_S")
+    rollout_deadline_s: float = Field(default=600.0, gt=0, validation_alias="INFERIA_ROLLOUT_DEADLINE_S")
     reconcile_interval_s: float = Field(default=1.0, gt=0, validation_alias="INFERIA_RECONCILE_INTERVAL_S")
     # a draining node (scale-down, replacement, pool scale, API drain) is deprovisioned once no request is in
     # flight for it, or after this long

@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from actors.autoscaler import AutoscalingPolicy
 from actors.records import (
     DeploymentRecord,
     ModelRecord,
@@ -16,16 +17,24 @@ from actors.records import (
     new_id,
     new_secret,
 )
-from actors.autoscaler import AutoscalingPolicy
 from actors.runtime import call
 from actors.states import DEPLOYMENT_ACTIVE, DEPLOYMENT_DELETABLE, NODE_ALIVE, DeploymentState, NodeState, PoolState
 from actors.storage import ConflictError, DuplicateError, Store
 from adapters.base import PermanentProviderError, ProviderError
 from adapters.registry import available, get_adapter_class
 from serve_app import autoscaling as autoscaling_api
+from serve_app import rollout_api
 from serve_app.context import AppContext, require_admin
 from serve_app.errors import ApiError, not_found
-from serve_app.schemas import DeploymentCreate, DeploymentPatch, ModelCreate, PoolCreate, PoolPatch, PoolScale
+from serve_app.schemas import (
+    DeploymentCreate,
+    DeploymentPatch,
+    ModelCreate,
+    PoolCreate,
+    PoolPatch,
+    PoolScale,
+    RollbackIn,
+)
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_admin)])
 D = DeploymentState
@@ -430,6 +439,7 @@ async def _dep_out(
     d: DeploymentRecord,
     nodes: list[dict[str, Any]] | None = None,
     names: dict[str, str] | None = None,
+    rollouts: tuple[dict[str, Any], dict[str, int]] | None = None,
 ) -> dict[str, Any]:
     out = d.public()
     if names is None:
@@ -447,6 +457,8 @@ async def _dep_out(
     ]
     out["replicas"] = reps
     out["ready_replicas"] = sum(1 for r in reps if r["state"] == "ready" and r["engine_ready"])
+    # issue 12: replica generations, current generation, the roll-out's progress and last failure
+    rollout_api.describe(out, d, nodes, rollouts or await rollout_api.preload(store_of(request), [d.id]))
     return out
 
 
@@ -493,7 +505,8 @@ async def create_deployment(body: DeploymentCreate, request: Request) -> dict[st
 async def list_deployments(request: Request) -> list[dict[str, Any]]:
     nodes = await call(ctx_of(request).inventory().nodes.remote(True), 30)
     names = await _names(store_of(request))
-    return [await _dep_out(request, d, nodes, names) for d in await store_of(request).list_deployments()]
+    rollouts = await rollout_api.preload(store_of(request), None)
+    return [await _dep_out(request, d, nodes, names, rollouts) for d in await store_of(request).list_deployments()]
 
 
 @router.get("/deployments/{dep_id}")
@@ -530,7 +543,20 @@ async def patch_deployment(dep_id: str, body: DeploymentPatch, request: Request)
         if updated is None:
             raise ApiError(409, "deployment_not_active", f"deployment {dep_id} is {d.state}; start it first")
         await call(ctx_of(request).deployments().notify.remote(), 30)
+    if rollout_api.wants_update(body):  # model/args/env/image: a new generation, rolled out (issue 12)
+        updated = await rollout_api.start_update(store, updated or d, body)
+        await call(ctx_of(request).deployments().notify.remote(), 30)
     return await _dep_out(request, updated or d)
+
+
+@router.post("/deployments/{dep_id}/rollback", status_code=202)
+async def rollback_deployment(dep_id: str, request: Request, body: RollbackIn | None = None) -> dict[str, Any]:
+    """Back to the previous generation: a roll-out in progress stops (its new replicas go, the old ones stay);
+    otherwise a new generation with the previous one's spec is rolled out."""
+    store = store_of(request)
+    d = await rollout_api.rollback(store, await _dep(store, dep_id), body.strategy if body else None)
+    await call(ctx_of(request).deployments().notify.remote(), 30)
+    return await _dep_out(request, d)
 
 
 @router.post("/deployments/{dep_id}/rotate-key")

@@ -198,20 +198,63 @@ class DeploymentCreate(Strict):
     autoscaling: AutoscalingIn | None = Field(default=None, description="replicas follow the load (issue 11)")
 
 
+class StrategyIn(Strict):
+    """How a rolling update moves (issue 12): at most N + max_surge replicas alive, at least N - max_unavailable
+    ready. Both 0 could not move at all."""
+
+    max_surge: int = Field(default=1, ge=0, le=1000)
+    max_unavailable: int = Field(default=0, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _can_move(self) -> StrategyIn:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError("max_surge and max_unavailable cannot both be 0")
+        return self
+
+
+# what runs: a change of any of these is a new generation, rolled out replica by replica
+SPEC_PATCH_FIELDS = ("model", "args", "env", "image")
+
+
 class DeploymentPatch(Strict):
     replicas: int | None = Field(default=None, ge=0, le=1000)
     rate_limit_rpm: int | None = Field(default=None, ge=1, le=1_000_000, description="null removes the limit")
     autoscaling: AutoscalingIn | None = Field(
         default=None, description="fields to set or change (merged with the current policy); null removes it"
     )
+    model: str | None = Field(default=None, min_length=1, max_length=128, description="a registered model (name/id)")
+    args: list[str] | None = Field(default=None, max_length=256, description="engine arguments; null: the model's")
+    env: dict[str, str] | None = Field(default=None, description="merged over the model's environment")
+    image: str | None = Field(default=None, min_length=1, max_length=512, description="null: the model's image")
+    strategy: StrategyIn | None = None
+    progress_deadline_s: float | None = Field(
+        default=None, gt=0, le=86_400, description="roll back when no new replica is ready for this long"
+    )
 
     @model_validator(mode="after")
     def _something(self) -> DeploymentPatch:
         if not self.model_fields_set:
-            raise ValueError("give replicas and/or rate_limit_rpm")
+            raise ValueError("give replicas, rate_limit_rpm, autoscaling, model, args, env and/or image")
         if "replicas" in self.model_fields_set and self.replicas is None:
             raise ValueError("replicas: must be an integer")
+        if "model" in self.model_fields_set and self.model is None:
+            raise ValueError("model: must be a registered model's name or id")
+        spec = any(f in self.model_fields_set for f in SPEC_PATCH_FIELDS)
+        for f in ("strategy", "progress_deadline_s"):
+            if f in self.model_fields_set and not spec:
+                raise ValueError(f"{f}: only with a change of model, args, env or image")
         return self
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None and any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", k) for k in v):
+            raise ValueError("variable names must be letters, digits and '_', not starting with a digit")
+        return v
+
+
+class RollbackIn(Strict):
+    strategy: StrategyIn | None = None
 
 
 class HeartbeatIn(BaseModel):

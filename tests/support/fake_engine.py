@@ -1,7 +1,7 @@
 """A tiny OpenAI-compatible stub engine (stdlib only) for tests.
 
     python tests/support/fake_engine.py --port 20001 --model tiny [--host 127.0.0.1]
-        [--api-key-env INFERIA_INFERENCE_KEY] [--slots K --service-ms N]
+        [--api-key-env INFERIA_INFERENCE_KEY] [--slots K --service-ms N] [--tag TAG]
 
 GET /v1/models, GET /health, POST /v1/chat/completions and POST /v1/completions (both with
 `"stream": true` as server-sent events). Answers echo the last user message / the prompt and
@@ -31,6 +31,7 @@ from typing import Any
 class EngineServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    tag = ""  # --tag: carried in every answer (rolling-update tests tell the generations apart by it)
 
     def __init__(
         self, host: str, port: int, model: str, api_key: str | None, slots: int = 0, service_s: float = 0.0
@@ -183,6 +184,7 @@ class Handler(BaseHTTPRequestHandler):
             "created": int(time.time()),
             "model": self.server.model,
             "served_by": self.server.served_by,
+            "tag": self.server.tag,
         }
 
     def _chat(self, body: dict[str, Any]) -> None:
@@ -233,11 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--api-key-env", default="INFERIA_INFERENCE_KEY")
+    parser.add_argument("--tag", default="", help="carried as `tag` in every answer")
     parser.add_argument("--slots", type=int, default=0, help="generations at once (0: unlimited)")
     parser.add_argument("--service-ms", type=float, default=0.0, help="time of one generation")
     args = parser.parse_args(argv)
     key = os.environ.get(args.api_key_env) or None
     server = EngineServer(args.host, args.port, args.model, key, args.slots, args.service_ms / 1000)
+    server.tag = args.tag
 
     def _stop(signum: int, frame: Any) -> None:
         raise SystemExit(0)

@@ -222,6 +222,7 @@ class InstantAdapter(ProviderAdapter):
                 "endpoint": f"{self.config['endpoint_base']}/n/{req.node_id}",
                 "deployment_id": wl.deployment_id if wl else None,
                 "model": wl.model_name if wl else None,
+                "args": list(wl.args) if wl else [],  # what it would run (rolling-update tests read it)
                 "health": "ready",
                 "created_at": time.time(),
             }
