@@ -355,24 +355,37 @@ class ReplicaMetrics:
         self.registry.register(_StateCollector(self))
         self.snapshot: Snapshot | None = None
         self._read_at = -1e18
+        self._text: bytes | None = None
+        self._text_at = -1e18
         self._lock: asyncio.Lock | None = None
 
     async def refresh(self) -> None:
         """Read the current state unless the last read is younger than max_age_s (concurrent scrapes share)."""
-        if self.clock() - self._read_at < self.max_age_s:
-            return
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            if self.clock() - self._read_at < self.max_age_s:
-                return
-            snap = await self.read()
-            self._read_at = self.clock()
-            self.snapshot = snap
-            forget_deployments({d["id"] for d in snap.deployments})
+            await self._refresh()
+
+    async def _refresh(self) -> None:
+        if self.clock() - self._read_at < self.max_age_s:
+            return
+        snap = await self.read()
+        self._read_at = self.clock()
+        self.snapshot = snap
+        forget_deployments({d["id"] for d in snap.deployments})
 
     async def render(self) -> bytes:
-        await self.refresh()
-        if self.snapshot is not None:
-            self.snapshot.at = round(max(0.0, self.clock() - self._read_at), 3)
-        return generate_latest(self.registry)
+        """The exposition text, made at most once per max_age_s. prometheus_client writes it in a worker
+        thread: at 10,000 nodes it is about 16,000 series (bench/metrics.py), which must not stall the
+        heartbeats and the proxy on this replica's event loop."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._text is not None and self.clock() - self._text_at < self.max_age_s:
+                return self._text
+            await self._refresh()
+            if self.snapshot is not None:
+                self.snapshot.at = round(max(0.0, self.clock() - self._read_at), 3)
+            self._text = await asyncio.to_thread(generate_latest, self.registry)
+            self._text_at = self.clock()
+            return self._text
