@@ -201,9 +201,8 @@ class PoolRuntime:
         return await m.node_status(node_id)
 
     async def get_logs(self, node_id: str, tail: int = 100) -> list[str]:
-        m = await self._boot()
-        try:
-            return await m.get_logs(node_id, tail)
+        try:  # (a deleted pool's runtime does not boot: PoolGone)
+            return await (await self._boot()).get_logs(node_id, tail)
         except ProviderError as exc:
             return [f"logs unavailable: {exc}"]
 

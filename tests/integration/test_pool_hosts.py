@@ -214,6 +214,10 @@ def test_two_pool_hosts_run_four_pools_and_survive_a_host_kill(cp_proc: ControlP
         api.delete_pool(gone_pool)
         cpl.wait_for(lambda: _pool_deleted(api, gone_pool), 30, every=0.25, what="pool deleted")
         assert instant.instances(data_dir, gone_pool) == {}
+        # its host drops its runtime once the deletion settled: no loop left calling list_nodes (issue 10 #4)
+        cpl.wait_for(
+            lambda: gone_pool not in _probe(cp_proc)["hosts"][victim]["hosted"], 30, every=0.5, what="pool dropped"
+        )
         assert gone_pool not in {p["id"] for p in api.list_pools() if p["state"] != "deleted"}
         journal = instant.journal(data_dir, gone_pool)
         assert Counter(n for op, n in journal if op == "create") == Counter(n for op, n in journal if op == "delete")
