@@ -18,6 +18,7 @@ from serve_app import metrics as metrics_mod
 from serve_app import openai_errors
 from serve_app.auth import TokenCache, bearer, require_admin
 from serve_app.batcher import MicroBatcher
+from serve_app.hold import HoldQueue
 from serve_app.inference_keys import DeploymentKey, KeyIndex
 from serve_app.live_nodes import LiveNodes
 from serve_app.metrics import ReplicaMetrics
@@ -57,10 +58,14 @@ class AppContext:
             self.routing,
             self.keys,
             self._proxy_admin,
-            observe=metrics_mod.observe_request,
+            observe=self._observe_request,
             waiting=metrics_mod.request_waiting,
             rate_check=self._proxy_rate_check,
         )
+        # scale from zero: requests for a deployment with no routed replica wait here (serve_app/hold.py)
+        self.hold = HoldQueue(self.routing, self._wake_autoscaler, self._hold_status)
+        self.proxy.hold = self.hold
+        self.last_request: dict[str, float] = {}  # deployment id -> wall time of its newest answered request
         self.counters = Counters()
         self.live_nodes = LiveNodes(self._all_nodes)  # the inventory's view, shared for ~1 s (console, /metrics)
         self.metrics = ReplicaMetrics(self._metrics_snapshot)
@@ -95,24 +100,56 @@ class AppContext:
 
     async def _report_load(self) -> None:
         """Push the proxy's per-node requests in flight (proxy.outstanding) to the inventory (report_load)."""
-        last: dict[str, int] | None = None
+        last: tuple[dict[str, int], dict[str, int], dict[str, float]] | None = None
         sent_at = 0.0
         failing = False
         while True:
             await asyncio.sleep(LOAD_REPORT_S)
             ongoing = {k: v for k, v in self.proxy.outstanding.items() if v > 0}
+            queued: dict[str, int] = dict(self.hold.queued)  # requests held for a first replica
+            recent = dict(self.last_request)  # the autoscaler's idle clock (scale to zero)
             now = time.monotonic()
-            if ongoing == last and (not ongoing or now - sent_at < LOAD_KEEPALIVE_S):
+            if (ongoing, queued, recent) == last and ((not ongoing and not queued) or now - sent_at < LOAD_KEEPALIVE_S):
                 continue
             try:
-                await call(self.inventory().report_load.remote(self.replica_id, ongoing), 5)
+                ref = self.inventory().report_load.remote(self.replica_id, ongoing, queued or None, recent or None)
+                await call(ref, 5)
             except Exception as exc:  # the inventory restarting: the next round sends again
                 if not failing:
                     log.warning("load report to the inventory failed: %s", exc)
                 failing = True
                 continue
             failing = False
-            last, sent_at = ongoing, now
+            last, sent_at = (ongoing, queued, recent), now
+
+    def _observe_request(self, deployment_id: str | None, status: int, seconds: float, ttft: float | None) -> None:
+        metrics_mod.observe_request(deployment_id, status, seconds, ttft)
+        if deployment_id:
+            self.last_request[deployment_id] = time.time()
+            if len(self.last_request) > 10_000:  # bounded: keep the most recent half
+                for k in sorted(self.last_request, key=self.last_request.__getitem__)[:5_000]:
+                    del self.last_request[k]
+
+    async def _wake_autoscaler(self, deployment_id: str) -> None:
+        """A request is held for `deployment_id`: tell the inventory now (not at the next load report) and wake
+        the deployments actor, whose round then sees the request and scales the deployment up from zero."""
+        ongoing = {k: v for k, v in self.proxy.outstanding.items() if v > 0}
+        await call(self.inventory().report_load.remote(self.replica_id, ongoing, dict(self.hold.queued)), 5)
+        await call(self.deployments().notify.remote(), 5)
+
+    async def _hold_status(self, deployment_id: str) -> str | None:
+        """Why holding a request for this deployment is pointless (None: a replica may come)."""
+        assert self.store is not None
+        d = await self.store.get_deployment(deployment_id)
+        if d is None:
+            return "the deployment was deleted"
+        if d.delete_requested or d.state in ("stopping", "stopped"):
+            return f"deployment {d.id} is {'being deleted' if d.delete_requested else d.state}"
+        if d.state == "failed":
+            return f"the deployment failed to start: {d.error or 'replicas failed'}"
+        if d.desired_replicas == 0 and not d.autoscaling:
+            return f"deployment {d.id} is scaled to 0 replicas and has no autoscaling policy"
+        return None
 
     # ------------------------------------------------------------ actors
     def inventory(self) -> Any:
