@@ -22,7 +22,10 @@ class RoutingCache:
         self._timeout = poll_timeout_s
         self.table: dict[str, Any] = {"version": -1, "models": {}}
         self.body: bytes = b""
-        self._changed = asyncio.Condition()
+        # set (and replaced by a fresh one) at every change: waiters hold the event of the version they know.
+        # An Event, not a Condition: a Condition waiter cancelled while re-acquiring its lock (a client gone,
+        # a hold timing out) raises "Lock is not acquired" on Python 3.11
+        self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()
 
@@ -44,8 +47,8 @@ class RoutingCache:
         self.table = table
         self.body = json.dumps(table, separators=(",", ":")).encode()
         self.synced.set()
-        async with self._changed:
-            self._changed.notify_all()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -62,11 +65,13 @@ class RoutingCache:
                 backoff = min(backoff * 2, 2.0)
 
     async def wait_newer(self, version: int, timeout_s: float) -> None:
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.version != version), timeout_s)
-            except TimeoutError:
-                pass
+        """Return when the table's version differs from `version`, or after timeout_s."""
+        if self.version != version:
+            return
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout_s)
+        except TimeoutError:
+            pass
 
     def endpoints(self, model: str) -> list[dict[str, Any]]:
         return list(self.table["models"].get(model, []))

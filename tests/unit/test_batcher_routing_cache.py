@@ -217,6 +217,31 @@ async def test_wait_newer_times_out_quietly(poll_cache: tuple[FakePoll, RoutingC
     assert cache.version == 1
 
 
+async def test_waiters_cancelled_as_they_time_out_leave_no_error(poll_cache: tuple[FakePoll, RoutingCache]) -> None:
+    """Held requests (serve_app/hold.py) wait in short slices; a client that goes away just as a slice ends
+    cancels its waiter while the timeout is being handled: each waiter ends cancelled or done, never with an
+    error, and none is left waiting (with an asyncio.Condition the lock ended up released by the wrong
+    waiter: "Lock is not acquired" on Python 3.11, and waiters stuck for good)."""
+    _, cache = poll_cache
+    cache.start()
+    await asyncio.wait_for(cache.synced.wait(), 1)
+    loop = asyncio.get_running_loop()
+    for round_ in range(12):
+        waiters = [asyncio.ensure_future(cache.wait_newer(cache.version, timeout_s=0.01)) for _ in range(50)]
+        await asyncio.sleep(0)  # each waiter has armed its timeout
+
+        def cancel_later(turns: int, tasks: list[asyncio.Future[None]]) -> None:  # `turns` iterations later
+            if turns:
+                loop.call_soon(cancel_later, turns - 1, tasks)
+            else:
+                for w in tasks:
+                    w.cancel()
+
+        loop.call_later(0.01, cancel_later, round_ % 4, waiters)
+        results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 5)
+        assert all(r is None or isinstance(r, asyncio.CancelledError) for r in results), results
+
+
 async def test_endpoints_returns_a_copy(poll_cache: tuple[FakePoll, RoutingCache]) -> None:
     poll, cache = poll_cache
     poll.push({"m": [ROUTE], "other": []})
