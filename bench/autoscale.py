@@ -251,6 +251,7 @@ def main() -> None:
     os.environ["INFERIA_ADAPTERS"] = instant.ENV_ADAPTERS  # before Ray starts: its workers inherit it
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("INFERIA_DASHBOARD", "false")  # no Ray dashboard: less to start on a busy machine
     with tempfile.TemporaryDirectory() as d:
         res = run(args, Path(d))
     report(args, res)
