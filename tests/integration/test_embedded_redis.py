@@ -76,3 +76,14 @@ def test_a_record_naming_another_process_is_not_adopted(workdir: Path) -> None:
     finally:
         r.stop()
     assert psutil.pid_exists(me.pid)
+
+
+def test_a_stop_without_a_start_stops_the_crashed_runs_server(workdir: Path) -> None:
+    """`down` while the next `up` is still starting: that `up` stops before its Redis stage, and must stop
+    the server the crashed run left (seen in tests/integration/test_up_down.py)."""
+    first = EmbeddedRedis(workdir)
+    first.start()
+    assert first._proc is not None
+    EmbeddedRedis(workdir).stop()
+    assert first._proc.wait(5) is not None
+    assert redis_servers(workdir) == []
