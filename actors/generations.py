@@ -350,15 +350,17 @@ async def workload(store: Store, dep: DeploymentRecord, route: ModelRecord | Non
     return w
 
 
-async def settle(store: Store, dep_id: str, generation: int) -> bool:
+async def settle(store: Store, dep_id: str) -> bool:
     """A roll-out whose deployment left `updating` another way (stopped, deleted): nothing rolls any more; the
     deployment's target generation is what its next start runs."""
+    # judged on the row as it is now, not on the caller's snapshot: an update may have started since
     r = await store.pool.execute(
-        "UPDATE deployment_rollouts SET phase = $3, current_generation = $2, target_generation = $2,"
-        " finished_at = now() WHERE deployment_id = $1 AND phase = ANY($4::text[])",
+        "UPDATE deployment_rollouts r SET phase = $2, current_generation = d.generation,"
+        " target_generation = d.generation, finished_at = now() FROM model_deployments d"
+        " WHERE r.deployment_id = $1 AND d.id = r.deployment_id AND d.state <> $4 AND r.phase = ANY($3::text[])",
         dep_id,
-        generation,
         DONE,
         [ROLLING, ROLLING_BACK],
+        str(D.UPDATING),
     )
     return bool(r.endswith(" 1"))

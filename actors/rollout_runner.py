@@ -33,7 +33,7 @@ class RolloutRunner:
         for dep_id in active:  # stopped (or otherwise left `updating`) mid roll-out
             dep = deps.get(dep_id)
             if dep is not None and dep.state != D.UPDATING:
-                if await gen.settle(store, dep_id, dep.generation):
+                if await gen.settle(store, dep_id):
                     log.info("deployment %s left updating (%s): roll-out settled", dep_id, dep.state)
                 self.planner.forget(dep_id)
         if not updating:
