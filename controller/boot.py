@@ -235,8 +235,8 @@ class ControlPlane:
             st.detail = self.api_url + (f" (data port {self.data_url})" if self._direct else "")
             self.runtime.api_url = self.api_url
             self.runtime.data_url = self.data_url
-            self.runtime.state = runtime_file.RUNNING
             self.runtime.ports.update(api=s.api_port, **({"data": s.data_port_or_default} if self._direct else {}))
+            self.runtime.state = runtime_file.RUNNING
             self._record()
         self.timings["serve_s"] = time.monotonic() - t3
         self.timings["total_s"] = time.monotonic() - t0
@@ -274,10 +274,10 @@ class ControlPlane:
         self.runtime.namespace = NAMESPACE
         if dashboard:
             self.runtime.dashboard_url = dashboard if dashboard.startswith("http") else f"http://{dashboard}"
-
             port = urlsplit(self.runtime.dashboard_url).port
             if port:
                 self.runtime.ports["dashboard"] = port
+
     def _start_actors(self, dsn: str) -> int:
         import ray
 
