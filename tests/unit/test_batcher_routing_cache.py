@@ -227,10 +227,10 @@ async def test_waiters_cancelled_as_they_time_out_leave_no_error(poll_cache: tup
     await asyncio.wait_for(cache.synced.wait(), 1)
     loop = asyncio.get_running_loop()
     for round_ in range(12):
-        waiters = [asyncio.ensure_future(cache.wait_newer(cache.version, timeout_s=0.01)) for _ in range(50)]
+        waiters = [asyncio.create_task(cache.wait_newer(cache.version, timeout_s=0.01)) for _ in range(50)]
         await asyncio.sleep(0)  # each waiter has armed its timeout
 
-        def cancel_later(turns: int, tasks: list[asyncio.Future[None]]) -> None:  # `turns` iterations later
+        def cancel_later(turns: int, tasks: list[asyncio.Task[None]]) -> None:  # `turns` iterations later
             if turns:
                 loop.call_soon(cancel_later, turns - 1, tasks)
             else:
