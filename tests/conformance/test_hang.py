@@ -121,5 +121,5 @@ def test_a_hung_engine_leaves_the_table_and_is_replaced(
         print(f"\nFIGURES hang provider={provider} out_s={out_s:.1f} replaced_s={replaced_s:.1f}", file=sys.stderr)
     finally:
         api.delete_deployment(dep["id"])
-        cpl.wait_for(lambda: not any(d["id"] == dep["id"] for d in api.list_deployments()), 90, what="deleted")
+        cpl.wait_for(lambda: not any(d["id"] == dep["id"] for d in api.list_deployments()), 180, what="deleted")
         api.delete_pool(pool["id"])
