@@ -18,6 +18,7 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from actors.node_actor import Cmd, EndedSet, NodeActor
+from actors.pool_limits import check_new_node
 from actors.pool_reconcile import ProviderReconcile, provider_fields
 from actors.records import NodeRecord, PoolRecord, hash_secret, new_id
 from actors.retry import RetryPolicy, Sleep, with_retry
@@ -30,6 +31,7 @@ from adapters.base import (
     ProviderError,
     ProvisionedNode,
     ProvisionRequest,
+    ResourceOffer,
     WorkloadSpec,
 )
 
@@ -42,6 +44,9 @@ __all__ = ["Cmd", "NodeActor", "PoolManager", "PoolNotActive", "QuotaExceeded", 
 # gone round once), and the load is asked of the inventory at most once per poll for every draining node
 DRAIN_MIN_S = 1.0
 DRAIN_POLL_S = 0.5
+# the provider's offers (for the price of a node not yet placed, and the GPU types it can give) are read again
+# at most this often, and only by a pool with a cost ceiling or a GPU-type list
+OFFERS_TTL_S = 60.0
 
 
 class QuotaExceeded(Exception):
@@ -120,6 +125,9 @@ class PoolManager:
         self._load_at = -1e18
         self._load_lock = asyncio.Lock()
         self.reconciler = ProviderReconcile(self)
+        self._offers: list[ResourceOffer] | None = None
+        self._offers_at = -1e18
+        self._last_cap: str | None = None  # the last ceiling refusal, recorded as an event once
 
     # ------------------------------------------------------------ boot
     async def start(self) -> None:
@@ -253,7 +261,10 @@ class PoolManager:
         out: list[dict[str, Any]] = []
         started: list[NodeActor] = []
         error: str | None = None
+        gpus = workload.gpus if workload else 0
+        offers = await self._current_offers()
         async with self._lock:
+            running_cost = self._running_cost(offers, gpus)
             for node_id in node_ids:
                 existing = self.nodes.get(node_id)
                 if existing is not None:
@@ -265,6 +276,15 @@ class PoolManager:
                 if self.alive_count() >= self.pool.max_nodes:
                     error = f"pool {self.pool.name!r} is at its max_nodes quota ({self.pool.max_nodes})"
                     break
+                capped, price = check_new_node(self.pool, running_cost, offers, gpus)
+                if capped is not None:
+                    error = str(capped)
+                    if error != self._last_cap:
+                        self._last_cap = error
+                        data = {"pool_id": self.pool.id, "limit": capped.what, "detail": capped.detail}
+                        await self.store.add_event("pool.capped", "pool", self.pool.id, data)
+                    break
+                running_cost += price
                 rec = NodeRecord(
                     id=node_id,
                     pool_id=self.pool.id,
@@ -288,6 +308,28 @@ class PoolManager:
             for actor in started:
                 actor.send(Cmd.PROVISION)
         return out, error
+
+    async def _current_offers(self) -> list[ResourceOffer] | None:
+        """The provider's offers (cached), or None when the pool has no ceiling to check or they can't be read."""
+        if self.pool.max_cost_per_hour is None and not self.pool.allowed_gpu_types:
+            return None
+        if self.clock() - self._offers_at >= OFFERS_TTL_S:
+            try:
+                self._offers = list(await asyncio.wait_for(self.adapter.discover_resources(), self.call_timeout_s))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # unknown is not "no": the ceilings then count only what is known
+                log.warning("pool %s: offers unavailable (%s)", self.pool.id, exc)
+                self._offers = None
+            self._offers_at = self.clock()
+        return self._offers
+
+    def _running_cost(self, offers: list[ResourceOffer] | None, gpus: int) -> float:
+        """Per hour: the price of every node that is not ending; a node not yet placed at the estimate."""
+        if self.pool.max_cost_per_hour is None:
+            return 0.0
+        _, estimate = check_new_node(self.pool, 0.0, offers, gpus)
+        return sum(a.record.price_per_hour or estimate for a in self.nodes.values() if not a.end_wanted)
 
     async def terminate_node(self, node_id: str, reason: str | None = None) -> bool:
         """Deprovision at once (a dead node, an explicit delete, `down`); hurries a drain in progress."""
