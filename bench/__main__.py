@@ -1,7 +1,7 @@
 """Run every benchmark, one after the other, each in its own process (each boots its own Ray).
 
     .venv/bin/python -m bench [--quick]
-        [--only heartbeats,storage,routing,detection,replicas,scale,proxy,autoscale,metrics] [--log FILE]
+        [--only heartbeats,storage,routing,detection,replicas,scale,proxy,autoscale,metrics,rollout] [--log FILE]
 
 Full sizes by default (about 15 minutes on the 2-core VM); `--quick` shrinks every benchmark to check
 that it runs (its figures are not the ones to record). The heartbeat and routing benchmarks need
@@ -29,6 +29,7 @@ FULL: dict[str, list[str]] = {
     "proxy": ["--seconds", "8", "--concurrency", "16,256", "--streams", "1000"],
     "autoscale": ["--phase-s", "12", "--zero-trials", "3"],
     "metrics": ["--nodes", "10000", "--rounds", "20"],
+    "rollout": ["--replicas", "100", "--surges", "1,10"],
 }
 QUICK: dict[str, list[str]] = {
     "heartbeats": ["--seconds", "2", "--nodes", "100"],
@@ -40,6 +41,7 @@ QUICK: dict[str, list[str]] = {
     "proxy": ["--seconds", "2", "--concurrency", "16", "--streams", "100"],
     "autoscale": ["--phase-s", "6", "--zero-trials", "1"],
     "metrics": ["--nodes", "1000", "--rounds", "3"],
+    "rollout": ["--replicas", "10", "--surges", "1,5"],
 }
 
 
