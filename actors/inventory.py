@@ -203,11 +203,13 @@ class InventoryActor:
         ongoing: dict[str, int],
         queued: dict[str, int] | None = None,
         last_request: dict[str, float] | None = None,
-    ) -> None:
-        """Each API replica, every ~0.5 s while it has requests in flight: per node id the requests its proxy
-        has in flight, per deployment id those waiting (replaces its last report; expires after 3 s)."""
+    ) -> dict[str, float]:
+        """Each API replica, every ~0.5 s while its figures change (else every second): per node id the
+        requests its proxy has in flight, per deployment id those waiting (replaces its last report; expires
+        after 3 s). Answers the load that replica's balancer cannot see itself (InventoryCore.pressure)."""
         await self._boot()
         self.core.report_load(replica_id, ongoing, queued, last_request)
+        return self.core.pressure(replica_id)
 
     async def node_load(self, node_ids: list[str] | None = None) -> dict[str, int]:
         """In-flight requests per node, summed over the API replicas (draining waits for 0)."""

@@ -342,6 +342,22 @@ class InventoryCore:
         for rid in [r for r, rep in self._load.items() if now - rep.at > LOAD_REPORT_TTL_S]:
             del self._load[rid]
 
+    def pressure(self, replica_id: str) -> dict[str, float]:
+        """For one API replica's balancer: per node, what it cannot see itself: the requests the other API
+        replicas have in flight there plus the engine's own waiting queue (from its heartbeats' metrics)."""
+        out: dict[str, float] = {}
+        now = self.clock()
+        for rid, rep in self._load.items():
+            if rid == replica_id or now - rep.at > LOAD_REPORT_TTL_S:
+                continue
+            for nid, n in rep.ongoing.items():
+                out[nid] = out.get(nid, 0.0) + n
+        for nid, e in self.nodes.items():
+            waiting = e.metrics.get("engine_waiting") if e.metrics else None
+            if isinstance(waiting, int | float) and waiting > 0 and e.state == NodeState.READY:
+                out[nid] = out.get(nid, 0.0) + float(waiting)
+        return out
+
     def _fresh_load(self) -> list[LoadReport]:
         now = self.clock()
         return [r for r in self._load.values() if now - r.at <= LOAD_REPORT_TTL_S]

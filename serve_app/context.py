@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # the proxy's requests in flight per node go to the inventory this often (draining waits for a node's 0; the
 # autoscaler reads the sums); unchanged figures are re-sent every LOAD_KEEPALIVE_S (a report expires after 3 s),
-# and an idle replica that said so once sends nothing
+# and each answer brings back the load the replica's balancer cannot see (other replicas, engine queues)
 LOAD_REPORT_S = 0.5
 LOAD_KEEPALIVE_S = 1.0
 
@@ -109,11 +109,13 @@ class AppContext:
             queued: dict[str, int] = dict(self.hold.queued)  # requests held for a first replica
             recent = dict(self.last_request)  # the autoscaler's idle clock (scale to zero)
             now = time.monotonic()
-            if (ongoing, queued, recent) == last and ((not ongoing and not queued) or now - sent_at < LOAD_KEEPALIVE_S):
-                continue
+            if (ongoing, queued, recent) == last and now - sent_at < LOAD_KEEPALIVE_S:
+                continue  # unchanged: once a second all the same, for the other replicas' and engines' load
             try:
                 ref = self.inventory().report_load.remote(self.replica_id, ongoing, queued or None, recent or None)
-                await call(ref, 5)
+                pressure = await call(ref, 5)
+                if isinstance(pressure, dict):
+                    self.proxy.balancer.pressure = pressure
             except Exception as exc:  # the inventory restarting: the next round sends again
                 if not failing:
                     log.warning("load report to the inventory failed: %s", exc)

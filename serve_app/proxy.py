@@ -27,7 +27,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import aiohttp
 from yarl import URL
 
 from serve_app import openai_errors as oe
+from serve_app.balancer import Balancer
 from serve_app.hold import HoldQueue
 from serve_app.inference_keys import DeploymentKey, KeyIndex
 from serve_app.openai_errors import OpenAIError
@@ -116,6 +116,7 @@ class InferenceProxy:
         self.settings = settings or ProxySettings()
         self.observe, self.waiting, self.rate_check = observe, waiting, rate_check
         self.outstanding: dict[str, int] = {}  # node id -> requests in flight (only nodes with some)
+        self.balancer = Balancer(self.outstanding)  # its `pressure` is refreshed by the context's load report
         self.hold: HoldQueue | None = None  # set by the context: requests wait there for a first replica
         self.requests_total = 0
         self.failures_total = 0  # connection failures (each one failed over when another replica was left)
@@ -160,24 +161,11 @@ class InferenceProxy:
         models: dict[str, list[dict[str, Any]]] = table["models"]
         return models
 
-    def pick(self, candidates: list[dict[str, Any]], tried: set[str] | None = None) -> dict[str, Any] | None:
-        """The candidate with the fewest requests in flight (random among equals), skipping `tried`."""
-        out = self.outstanding
-        best: dict[str, Any] | None = None
-        low = 1 << 62
-        ties = 0
-        for e in candidates:
-            nid = e["node_id"]
-            if tried and nid in tried:
-                continue
-            n = out.get(nid, 0)
-            if n < low:
-                best, low, ties = e, n, 1
-            elif n == low:
-                ties += 1
-                if random.random() * ties < 1.0:
-                    best = e
-        return best
+    def pick(
+        self, candidates: list[dict[str, Any]], tried: set[str] | None = None, session: bytes | None = None
+    ) -> dict[str, Any] | None:
+        """Power of two choices on load, or the session's replica within a load bound (serve_app/balancer.py)."""
+        return self.balancer.pick(candidates, tried, session)
 
     def _url(self, endpoint: str, path: str) -> URL:
         url = self._urls.get((endpoint, path))
@@ -204,12 +192,14 @@ class InferenceProxy:
         self.requests_total += 1
         grant: DeploymentKey | None = None
         try:
-            token = length = None
+            token = length = session = None
             for k, v in scope["headers"]:
                 if k == b"authorization":
                     token = v
                 elif k == b"content-length":
                     length = v
+                elif k == b"x-session-id":
+                    session = v[:256]
             raw = await self._read_body(receive, length)
             if raw is None:  # the client left while sending its body
                 self.client_gone_total += 1
@@ -222,7 +212,7 @@ class InferenceProxy:
             if watch_client:
                 call.watch()  # before the candidates: a request held for a replica (hold.py) sees its client go
             candidates = await self._candidates(model, grant)
-            detail = await self._forward(call, scope["path"], raw, req, model, grant, candidates, t0)
+            detail = await self._forward(call, scope["path"], raw, req, model, grant, candidates, t0, session)
             if detail is not None:
                 raise oe.upstream_unavailable(model, detail)
         except OpenAIError as err:
@@ -331,12 +321,13 @@ class InferenceProxy:
         grant: DeploymentKey,
         candidates: list[dict[str, Any]],
         t0: float,
+        session: bytes | None = None,
     ) -> str | None:
         """Try replicas until one takes the request; the reason of the last connection failure when none did."""
         tried: set[str] | None = None
         detail = "no replica left to try"
         for _ in range(MAX_ATTEMPTS):
-            ep = self.pick(candidates, tried)
+            ep = self.pick(candidates, tried, session)
             if ep is None:
                 break
             dk = grant

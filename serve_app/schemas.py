@@ -273,16 +273,16 @@ class HeartbeatIn(BaseModel):
     ram_used_mb: float | None = Field(default=None, ge=0)
     gpu_util: float | None = Field(default=None, ge=0)
     gpu_mem_used_mb: float | None = Field(default=None, ge=0)
+    # the engine's own queue, scraped by the agent from its Prometheus /metrics (absent: the engine has none)
+    engine_running: float | None = Field(default=None, ge=0, le=1e9, description="requests the engine runs now")
+    engine_waiting: float | None = Field(default=None, ge=0, le=1e9, description="requests queued in the engine")
+    engine_kv_cache: float | None = Field(default=None, ge=0, le=1, description="KV-cache usage, 0..1")
     # optional (old agents and provider-relayed health send none): a beat not newer than the last applied one
     # of the same agent start is answered 200 and ignored
     seq: int | None = Field(default=None, ge=0, le=2**63 - 1, strict=True, description="per-node beat sequence number")
     start_id: str | None = Field(
         default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$", description="agent start id"
     )
-    # the engine's own queue, scraped by the agent from its Prometheus /metrics (absent: the engine has none)
-    engine_running: float | None = Field(default=None, ge=0, le=1e9, description="requests the engine runs now")
-    engine_waiting: float | None = Field(default=None, ge=0, le=1e9, description="requests queued in the engine")
-    engine_kv_cache: float | None = Field(default=None, ge=0, le=1, description="KV-cache usage, 0..1")
 
     @model_validator(mode="after")
     def _identity(self) -> HeartbeatIn:

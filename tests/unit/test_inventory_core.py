@@ -684,3 +684,18 @@ def test_load_reports_are_summed_over_replicas_and_expire(core: InventoryCore, c
     assert core.node_load() == {}
     core.report_load("api-c", {})
     assert set(core._load) == {"api-c"}  # expired reports are dropped, not kept forever
+
+
+def test_pressure_is_what_a_replica_cannot_see_itself(core: InventoryCore, clock: FakeClock) -> None:
+    ready_node(core, "n1")
+    ready_node(core, "n2", endpoint="http://10.0.0.2:8000")
+    core.report_load("api-a", {"n1": 2})
+    core.report_load("api-b", {"n1": 3, "n2": 1})
+    assert core.pressure("api-a") == {"n1": 3, "n2": 1}  # only the other replica's requests
+    assert core.pressure("api-b") == {"n1": 2}
+    assert core.heartbeat(beat("n2", metrics={"engine_waiting": 4.0, "engine_running": 2.0})).status == (
+        HeartbeatStatus.OK
+    )
+    assert core.pressure("api-a") == {"n1": 3, "n2": 5}  # + the engine's own queue
+    clock.advance(3.5)  # the reports expired; the engine's queue stays until its next beat
+    assert core.pressure("api-a") == {"n2": 4}
