@@ -124,6 +124,7 @@ def down(timeout: Annotated[float, typer.Option(help="Seconds to wait for a clea
             )
             raise typer.Exit(1)
         runtime_file.remove(settings.data_dir, pid=info.pid)
+        _stop_leftover_services(settings)
         console.print(
             f"the control plane was not running (pid {info.pid} has exited or is another process now); "
             "removed the stale runtime file; nothing was signalled"
@@ -134,11 +135,25 @@ def down(timeout: Annotated[float, typer.Option(help="Seconds to wait for a clea
     with console.status(f"stopping the control plane (pid {info.pid}) ...", spinner="dots"):
         while time.monotonic() - t0 < timeout:
             if runtime_file.owner_alive(info) is None:
+                # an `up` signalled before its own handler was in place (early in its start) stops nothing:
+                # the embedded servers it adopted from a crashed predecessor are stopped here
+                _stop_leftover_services(settings)
+                runtime_file.remove(settings.data_dir, pid=info.pid)
                 console.print(f"stopped (in {time.monotonic() - t0:.1f}s)")
                 return
             time.sleep(0.1)
     console.print(f"[red]error:[/red] process {info.pid} still running after {timeout:.0f}s")
     raise typer.Exit(1)
+
+
+def _stop_leftover_services(settings: Settings) -> None:
+    """Stop the embedded PostgreSQL and Redis of this data dir if a dead `up` left them (no-op otherwise)."""
+    from controller.services import EmbeddedPostgres, EmbeddedRedis
+
+    if settings.redis_host is None:
+        EmbeddedRedis(settings.data_dir / "redis").stop()
+    if settings.postgres_dsn is None:
+        EmbeddedPostgres(settings.data_dir / "pgdata").stop()
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
