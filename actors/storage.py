@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from actors.pool_settings import CHANGEABLE
 from actors.records import DeploymentRecord, ModelRecord, NodeRecord, PoolRecord, ReplicaRecord
 from actors.secretbox import PREFIX, SecretBox
 from actors.states import DeploymentState, NodeState, PoolState
@@ -241,15 +242,7 @@ class Store:
 
     async def update_pool(self, pool_id: str, fields: dict[str, Any]) -> PoolRecord | None:
         """Change the settings of an active pool (PATCH /v1/pools); None when it is not active."""
-        allowed = (
-            "min_nodes",
-            "max_nodes",
-            "target_nodes",
-            "max_cost_per_hour",
-            "allowed_gpu_types",
-            "provider_config",
-        )
-        keys = [k for k in allowed if k in fields]
+        keys = [k for k in CHANGEABLE if k in fields]
         if not keys:
             return await self.get_pool(pool_id)
         sets = ", ".join(f"{k} = ${i + 2}" for i, k in enumerate(keys))

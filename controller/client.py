@@ -608,17 +608,7 @@ class Client(_Api[Any]):
         `on_update` is called with each polled state (for progress displays).
         """
         wanted = tuple(states)
-        deadline = time.monotonic() + timeout
-        while True:
-            dep = self.get_deployment(dep_id)
-            assert isinstance(dep, dict)
-            if on_update is not None:
-                on_update(dep)
-            if _check_wait(dep, wanted):
-                return dep
-            if time.monotonic() >= deadline:
-                raise WaitTimeout(f"timed out after {timeout:g}s: {_state_line(dep)}", dep)
-            time.sleep(max(0.0, min(poll, deadline - time.monotonic())))
+        return self._poll(dep_id, lambda dep: _check_wait(dep, wanted), timeout, poll, on_update)
 
     def wait_update(
         self,
@@ -630,13 +620,24 @@ class Client(_Api[Any]):
     ) -> dict[str, Any]:
         """Poll until the roll-out to `generation` (the `generation` of update_deployment's answer) is over.
         Raises UpdateRolledBack when it was rolled back, WaitTimeout after `timeout` seconds."""
+        return self._poll(dep_id, lambda dep: _update_done(dep, generation), timeout, poll, on_update)
+
+    def _poll(
+        self,
+        dep_id: str,
+        done: Callable[[dict[str, Any]], bool],
+        timeout: float,
+        poll: float,
+        on_update: Callable[[dict[str, Any]], None] | None,
+    ) -> dict[str, Any]:
+        """GET the deployment every `poll` s until `done` says so (WaitTimeout after `timeout` s)."""
         deadline = time.monotonic() + timeout
         while True:
             dep = self.get_deployment(dep_id)
             assert isinstance(dep, dict)
             if on_update is not None:
                 on_update(dep)
-            if _update_done(dep, generation):
+            if done(dep):
                 return dep
             if time.monotonic() >= deadline:
                 raise WaitTimeout(f"timed out after {timeout:g}s: {_state_line(dep)}", dep)
@@ -732,17 +733,7 @@ class AsyncClient(_Api[Awaitable[Any]]):
         on_update: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         wanted = tuple(states)
-        deadline = time.monotonic() + timeout
-        while True:
-            dep = await self.get_deployment(dep_id)
-            assert isinstance(dep, dict)
-            if on_update is not None:
-                on_update(dep)
-            if _check_wait(dep, wanted):
-                return dep
-            if time.monotonic() >= deadline:
-                raise WaitTimeout(f"timed out after {timeout:g}s: {_state_line(dep)}", dep)
-            await asyncio.sleep(max(0.0, min(poll, deadline - time.monotonic())))
+        return await self._poll(dep_id, lambda dep: _check_wait(dep, wanted), timeout, poll, on_update)
 
     async def wait_update(
         self,
@@ -752,13 +743,23 @@ class AsyncClient(_Api[Awaitable[Any]]):
         poll: float = 1.0,
         on_update: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
+        return await self._poll(dep_id, lambda dep: _update_done(dep, generation), timeout, poll, on_update)
+
+    async def _poll(
+        self,
+        dep_id: str,
+        done: Callable[[dict[str, Any]], bool],
+        timeout: float,
+        poll: float,
+        on_update: Callable[[dict[str, Any]], None] | None,
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             dep = await self.get_deployment(dep_id)
             assert isinstance(dep, dict)
             if on_update is not None:
                 on_update(dep)
-            if _update_done(dep, generation):
+            if done(dep):
                 return dep
             if time.monotonic() >= deadline:
                 raise WaitTimeout(f"timed out after {timeout:g}s: {_state_line(dep)}", dep)
