@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import socket
 from pathlib import Path
@@ -16,10 +17,12 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.runtime import RuntimeConfig, setup_logging
-from serve_app import context, errors, openai_errors, routes_admin, routes_data, routes_tokens
+from serve_app import context, errors, event_loop, openai_errors, routes_admin, routes_data, routes_tokens
 from serve_app.context import AppContext
 from serve_app.errors import ApiError
 from serve_app.proxy import MAX_BODY_BYTES, PROXY_PATHS
+
+log = logging.getLogger(__name__)
 
 API_DEPLOYMENT = "inferia-api"
 APP_NAME = "inferia"
@@ -151,7 +154,7 @@ class DataPortApp:
 @serve.deployment(
     name=API_DEPLOYMENT,
     num_replicas=1,
-    ray_actor_options={"num_cpus": 0},
+    ray_actor_options={"num_cpus": 0, "runtime_env": {"worker_process_setup_hook": event_loop.HOOK}},
     max_ongoing_requests=2000,
     logging_config={"enable_access_log": False},
 )
@@ -166,6 +169,7 @@ class ApiIngress:
     async def __init__(self, cfg: dict[str, Any], api_token_hash: str) -> None:  # type: ignore[misc]  # Serve awaits it
         rc = RuntimeConfig(**cfg)
         setup_logging(rc.log_level)
+        log.info("API replica event loop: %s", type(asyncio.get_running_loop()).__module__)
         self.ctx = AppContext(rc, api_token_hash)
         # Serve pickles this class by value: reach the shared slot through a real import
         from serve_app import context as shared
