@@ -65,6 +65,7 @@ class RolloutRecord:
     finished_at: datetime | None = None
     last_failure: str | None = None
     last_failure_at: datetime | None = None
+    failures: int = 0  # new replicas that failed in the last roll-out forward (actors/rollout_progress.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +74,7 @@ class RolloutRecord:
 _GEN_COLS = "deployment_id, generation, model_id, args, env, image, previous_generation, created_at"
 _ROLL_COLS = (
     "deployment_id, current_generation, target_generation, phase, max_surge, max_unavailable, deadline_s,"
-    " started_at, finished_at, last_failure, last_failure_at"
+    " started_at, finished_at, last_failure, last_failure_at, failures"
 )
 
 
@@ -208,7 +209,8 @@ async def start_generation(
             " ON CONFLICT (deployment_id) DO UPDATE SET current_generation = EXCLUDED.current_generation,"
             " target_generation = EXCLUDED.target_generation, phase = EXCLUDED.phase,"
             " max_surge = EXCLUDED.max_surge, max_unavailable = EXCLUDED.max_unavailable,"
-            " deadline_s = EXCLUDED.deadline_s, started_at = now(), finished_at = EXCLUDED.finished_at",
+            " deadline_s = EXCLUDED.deadline_s, started_at = now(), finished_at = EXCLUDED.finished_at,"
+            " failures = 0, progress_at = NULL, track = NULL",
             dep_id,
             current if roll_now else new_gen,
             new_gen,

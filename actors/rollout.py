@@ -18,9 +18,9 @@ with the generation its replica was created with, `RolloutPlanner.plan()` return
   touched), after which the deployment is `running` again with the failure recorded (`Finish`).
 
 It is level-triggered: the state is rebuilt from the observations (the replicas and their generation), so a
-restarted actor continues where the last one was. Only the failure count and the progress time live in
-memory; after a restart they start again (the deadline then counts from the roll-out's start, or from the
-restart when new replicas are already ready).
+restarted actor continues where the last one was. What cannot be observed, the failure count and the progress
+time (its `Track`), is handed in by `RolloutView.saved` and read back by `track()`: the runner keeps it in
+PostgreSQL (actors/rollout_progress.py), so a restarted actor resumes with the same count and deadline.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from actors.deployment_core import CreateReplicas, RemoveReplica, SetState
@@ -67,6 +67,7 @@ class RolloutView:
     strategy: Strategy = field(default_factory=Strategy)
     started_at: float = 0.0  # on the planner's clock (wall-clock seconds in the actor)
     deadline_s: float | None = None
+    saved: Track | None = None  # the track as last persisted (used when this planner has none for the roll-out)
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,10 @@ def progress(nodes: list[dict[str, Any]], target: int) -> Progress:
 
 
 @dataclass
-class _Track:
+class Track:
+    """What the planner remembers of one roll-out (one target generation and phase): the failures counted (and
+    which nodes they were), when a new replica last became ready (the progress deadline counts from there)."""
+
     generation: int
     phase: str
     progress_at: float
@@ -120,6 +124,33 @@ class _Track:
     counted: set[str] = field(default_factory=set)
     errors: Counter[str] = field(default_factory=Counter)
     next_create_at: float = 0.0
+
+    def copy(self) -> Track:
+        return replace(self, counted=set(self.counted), errors=Counter(self.errors))
+
+    def to_json(self) -> dict[str, Any]:
+        """The track's fields besides failures and progress_at (those have their own columns)."""
+        return {
+            "generation": self.generation,
+            "phase": self.phase,
+            "best_ready": self.best_ready,
+            "counted": sorted(self.counted),
+            "errors": dict(self.errors),
+            "next_create_at": self.next_create_at,
+        }
+
+    @classmethod
+    def from_json(cls, failures: int, progress_at: float, data: dict[str, Any]) -> Track:
+        return cls(
+            generation=int(data["generation"]),
+            phase=str(data["phase"]),
+            progress_at=progress_at,
+            best_ready=int(data.get("best_ready") or 0),
+            failures=failures,
+            counted={str(x) for x in data.get("counted") or []},
+            errors=Counter({str(k): int(v) for k, v in (data.get("errors") or {}).items()}),
+            next_create_at=float(data.get("next_create_at") or 0.0),
+        )
 
 
 class RolloutPlanner:
@@ -143,7 +174,7 @@ class RolloutPlanner:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.clock = clock
-        self._track: dict[str, _Track] = {}
+        self._track: dict[str, Track] = {}
 
     def failure_limit(self, desired: int) -> int:
         """New replicas that may fail before the roll-out is rolled back: relative to the deployment's size."""
@@ -152,7 +183,12 @@ class RolloutPlanner:
     def forget(self, deployment_id: str) -> None:
         self._track.pop(deployment_id, None)
 
-    def _fail(self, t: _Track, node_id: str, reason: str, now: float) -> None:
+    def track(self, deployment_id: str) -> Track | None:
+        """A copy of the roll-out's track after the last plan() (what the runner persists)."""
+        t = self._track.get(deployment_id)
+        return t.copy() if t is not None else None
+
+    def _fail(self, t: Track, node_id: str, reason: str, now: float) -> None:
         if node_id in t.counted:
             return
         t.counted.add(node_id)
@@ -167,7 +203,11 @@ class RolloutPlanner:
         now = self.clock()
         t = self._track.get(r.deployment_id)
         if t is None or t.generation != r.target_generation or t.phase != r.phase:
-            t = _Track(r.target_generation, r.phase, progress_at=min(r.started_at or now, now))
+            saved = r.saved
+            if saved is not None and saved.generation == r.target_generation and saved.phase == r.phase:
+                t = saved.copy()  # a restarted actor: the same failure count and deadline
+            else:
+                t = Track(r.target_generation, r.phase, progress_at=min(r.started_at or now, now))
             self._track[r.deployment_id] = t
         target, n_desired = r.target_generation, r.desired
         out: list[RolloutAction] = []

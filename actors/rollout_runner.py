@@ -1,9 +1,11 @@
 """Runs the rolling-update planner inside the DeploymentActor's reconcile (issue 12).
 
 Each round: the roll-outs that are not done (one query), the generation of every replica of the deployments in
-`updating` (one query), then `RolloutPlanner.plan()` per deployment. RollBack and Finish are executed here
-(actors/generations.py, one transaction each); CreateReplicas / RemoveReplica / SetState go back to the
-reconciler, which executes them like its own (a new replica gets its target generation's workload).
+`updating` (one query), their saved failure counts and progress times (one query, actors/rollout_progress.py),
+then `RolloutPlanner.plan()` per deployment; a track the round changed is written back before its actions run.
+RollBack and Finish are executed here (actors/generations.py, one transaction each); CreateReplicas /
+RemoveReplica / SetState go back to the reconciler, which executes them like its own (a new replica gets its
+target generation's workload).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 from typing import Any
 
 from actors import generations as gen
+from actors import rollout_progress
 from actors.deployment_core import Action, SetState
 from actors.records import DeploymentRecord
 from actors.rollout import Finish, RollBack, RolloutPlanner, RolloutView, Strategy
@@ -39,6 +42,7 @@ class RolloutRunner:
         if not updating:
             return []
         gens = await gen.replica_generations(store, [d.id for d in updating])
+        saved = await rollout_progress.load(store, [d.id for d in updating])
         by_dep: dict[str, list[dict[str, Any]]] = {d.id: [] for d in updating}
         for n in nodes:
             lst = by_dep.get(n.get("deployment_id") or "")
@@ -59,8 +63,14 @@ class RolloutRunner:
                 strategy=Strategy(roll.max_surge, roll.max_unavailable),
                 started_at=roll.started_at.timestamp() if roll.started_at else 0.0,
                 deadline_s=roll.deadline_s,
+                saved=saved.get(d.id),
             )
-            for a in self.planner.plan(view, by_dep[d.id]):
+            actions = self.planner.plan(view, by_dep[d.id])
+            track = self.planner.track(d.id)
+            if roll.phase == gen.ROLLING and rollout_progress.changed(saved.get(d.id), track):
+                assert track is not None
+                await rollout_progress.save(store, d.id, track)  # before a RollBack: it records the count
+            for a in actions:
                 if isinstance(a, RollBack):
                     log.warning("deployment %s: rolling back generation %d: %s", d.id, d.generation, a.reason)
                     await gen.roll_back(store, d.id, a.reason, automatic=True)

@@ -106,6 +106,7 @@ def describe(
         **counts.to_dict(),
         "started_at": roll.started_at,
         "finished_at": roll.finished_at,
+        "failures": roll.failures,
         "last_failure": roll.last_failure,
         "last_failure_at": roll.last_failure_at,
     }

@@ -159,6 +159,7 @@ def test_failing_update_rolls_back_by_itself(control_plane: ControlPlane, api: C
     d = info.value.deployment
     assert d["state"] == "running" and d["generation"] == 1 and d["current_generation"] == 1
     assert "new replicas failed" in (d["rollout"]["last_failure"] or "")
+    assert d["rollout"]["failures"] == 2  # the count that rolled it back (in Postgres: actors/rollout_progress.py)
     now = api.get_deployment(dep["id"])
     assert {r["id"] for r in now["replicas"] if r["state"] == "ready"} == old_nodes  # old replicas untouched
     assert load.failed() == [], load.failed()[:5]

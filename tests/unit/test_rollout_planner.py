@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from actors.deployment_core import CreateReplicas, RemoveReplica
-from actors.rollout import Finish, RollBack, RolloutPlanner, RolloutView, Strategy, progress
+from actors.rollout import Finish, RollBack, RolloutPlanner, RolloutView, Strategy, Track, progress
 
 _ids = itertools.count(1)
 
@@ -246,3 +247,71 @@ def test_strategy_rules() -> None:
     assert Strategy(0, 1).problems() == []
     assert Strategy(0, 0).problems()[0][0] == "strategy"
     assert Strategy(-1, 0).problems()[0][0] == "strategy.max_surge"
+
+
+def test_a_restarted_planner_keeps_the_failure_count_and_the_deadline() -> None:
+    """The track a planner hands out (persisted by actors/rollout_progress.py) seeds a new planner: the failures
+    already counted still count (a second one reaches the limit of 2) and the deadline still runs from the
+    last progress, not from the restart."""
+    clock = Clock()
+    first = RolloutPlanner(clock=clock, deadline_s=60, backoff_base_s=0)
+    old = [node(1) for _ in range(3)]
+    v = RolloutView("d", 3, 2, "rolling", Strategy(1, 0), started_at=clock.t)
+    bad = node(2, "failed", False, reason="unknown argument")
+    first.plan(v, [*old, bad])
+    saved = first.track("d")
+    assert saved is not None and saved.failures == 1 and saved.counted == {bad["id"]}
+    # the same failed node seen again by a restarted planner is not counted twice
+    v.saved = saved
+    second = RolloutPlanner(clock=clock, deadline_s=60, backoff_base_s=0)
+    acts = second.plan(v, [*old, bad])
+    assert not any(isinstance(a, RollBack) for a in acts)
+    t2 = second.track("d")
+    assert t2 is not None and t2.failures == 1
+    worse = node(2, "failed", False, reason="unknown argument")
+    third = RolloutPlanner(clock=clock, deadline_s=60, backoff_base_s=0)
+    acts = third.plan(v, [*old, worse])
+    assert isinstance(acts[-1], RollBack) and "2 new replicas failed" in acts[-1].reason
+    # without the saved track a restarted planner would have counted from zero
+    assert not any(
+        isinstance(a, RollBack)
+        for a in RolloutPlanner(clock=clock).plan(
+            RolloutView("d", 3, 2, "rolling", Strategy(1, 0), started_at=clock.t), [*old, worse]
+        )
+    )
+
+    # the deadline: progress at t0 + 10 (a new replica ready), restart at t0 + 65 -> rolled back at t0 + 71
+    clock.t = 5000.0
+    p = RolloutPlanner(clock=clock, deadline_s=60)
+    v = RolloutView("e", 3, 2, "rolling", Strategy(1, 0), started_at=clock.t)
+    olds = [{**node(1), "deployment_id": "e"} for _ in range(3)]
+    clock.t += 10
+    fresh = {**node(2), "deployment_id": "e"}
+    stuck = {**node(2, "provisioning", False), "deployment_id": "e"}
+    p.plan(v, [*olds[:2], fresh, stuck])
+    saved = p.track("e")
+    assert saved is not None and saved.progress_at == 5010.0 and saved.best_ready == 1
+    clock.t = 5065.0
+    v.saved = saved
+    assert RolloutPlanner(clock=clock, deadline_s=60).plan(v, [*olds[:2], fresh, stuck]) == []
+    clock.t = 5071.0
+    acts = RolloutPlanner(clock=clock, deadline_s=60).plan(v, [*olds[:2], fresh, stuck])
+    assert isinstance(acts[-1], RollBack) and "deadline" in acts[-1].reason
+
+
+def test_a_saved_track_of_another_roll_out_is_ignored() -> None:
+    clock = Clock()
+    old = [node(1) for _ in range(3)]
+    stale = Track(generation=2, phase="rolling", progress_at=clock.t, failures=5)
+    v = RolloutView("d", 3, 3, "rolling", Strategy(1, 0), started_at=clock.t, saved=stale)
+    planner = RolloutPlanner(clock=clock)
+    assert planner.plan(v, old) == [CreateReplicas("d", 1)]
+    t = planner.track("d")
+    assert t is not None and t.generation == 3 and t.failures == 0
+
+
+def test_track_round_trips_through_json() -> None:
+    t = Track(4, "rolling", 123.5, best_ready=2, failures=1, counted={"n1"}, next_create_at=130.0)
+    t.errors["oom"] += 1
+    back = Track.from_json(t.failures, t.progress_at, json.loads(json.dumps(t.to_json())))
+    assert back == t
