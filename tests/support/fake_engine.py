@@ -1,7 +1,7 @@
 """A tiny OpenAI-compatible stub engine (stdlib only) for tests.
 
     python tests/support/fake_engine.py --port 20001 --model tiny [--host 127.0.0.1]
-        [--api-key-env INFERIA_INFERENCE_KEY] [--slots K --service-ms N] [--tag TAG]
+        [--api-key-env INFERIA_INFERENCE_KEY] [--slots K --service-ms N] [--tag TAG] [--startup-s S]
 
 GET /v1/models, GET /health, POST /v1/chat/completions and POST /v1/completions (both with
 `"stream": true` as server-sent events). Answers echo the last user message / the prompt and
@@ -238,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="carried as `tag` in every answer")
     parser.add_argument("--slots", type=int, default=0, help="generations at once (0: unlimited)")
     parser.add_argument("--service-ms", type=float, default=0.0, help="time of one generation")
+    parser.add_argument("--startup-s", type=float, default=0.0, help="seconds before the port is open (a load)")
     args = parser.parse_args(argv)
+    time.sleep(args.startup_s)
     key = os.environ.get(args.api_key_env) or None
     server = EngineServer(args.host, args.port, args.model, key, args.slots, args.service_ms / 1000)
     server.tag = args.tag
