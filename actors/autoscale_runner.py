@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 SAVE_EVERY_S = 5.0
 # between reconcile rounds the proxies' load is looked at this often for what must not wait for the next
 # round (a request at zero, a panic); `urgent()` then wakes the round
-URGENT_POLL_S = 0.2
+URGENT_POLL_S = 0.1
 ENGINE_COUNTED = frozenset({"ready"})  # nodes whose engine queue counts (draining ones are leaving)
 
 

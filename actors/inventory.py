@@ -97,15 +97,19 @@ class InventoryActor:
         """Something may have changed the routing table: have it rebuilt soon (coalesced)."""
         self._routes_loop.wake.set()
 
-    async def _rebuild_routes(self) -> None:
+    async def _rebuild_routes(self) -> bool:
+        """Rebuild the routing table; False when nothing changed (the loop's gap then does not apply: a node
+        registered as provisioning does not delay the version its readiness makes a moment later)."""
         t0 = time.perf_counter()
-        if self.core.refresh_routes():
-            async with self._changed:
-                self._changed.notify_all()
-            self._publish_wanted.set()
-            self._publish_loop.wake.set()
-            cost = time.perf_counter() - t0 + self._publish_cost_s
-            self._routes_loop.min_gap_s = max(ROUTES_MIN_GAP_S, min(ROUTES_MAX_GAP_S, ROUTES_COST_FACTOR * cost))
+        if not self.core.refresh_routes():
+            return False
+        async with self._changed:
+            self._changed.notify_all()
+        self._publish_wanted.set()
+        self._publish_loop.wake.set()
+        cost = time.perf_counter() - t0 + self._publish_cost_s
+        self._routes_loop.min_gap_s = max(ROUTES_MIN_GAP_S, min(ROUTES_MAX_GAP_S, ROUTES_COST_FACTOR * cost))
+        return True
 
     async def _sweep(self) -> None:
         t0 = time.perf_counter()

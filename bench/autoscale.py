@@ -74,9 +74,11 @@ class Clients:
         self.failed: list[str] = []
         self._threads: list[tuple[threading.Thread, threading.Event]] = []
 
-    def _run(self, stop: threading.Event) -> None:
+    def _run(self, stop: threading.Event, ready: threading.Event, go: threading.Event) -> None:
         body = {"model": "bench-model", "messages": [{"role": "user", "content": "x"}]}
         with httpx.Client(timeout=180) as c:
+            ready.set()
+            go.wait()
             while not stop.is_set():
                 try:
                     r = c.post(self.url, json=body, headers={"authorization": f"Bearer {self.key}"})
@@ -88,15 +90,23 @@ class Clients:
                     self.failed.append(type(exc).__name__)
 
     def set(self, n: int) -> None:
+        """n clients from now: new ones are made first (a client costs ~30 ms to make) and start together, so
+        the load steps at the moment this returns."""
         while len(self._threads) > n:
             t, stop = self._threads.pop()
             stop.set()
             t.join(60)
+        go = threading.Event()
+        readies = []
         while len(self._threads) < n:
-            stop = threading.Event()
-            t = threading.Thread(target=self._run, args=(stop,), daemon=True)
+            stop, ready = threading.Event(), threading.Event()
+            t = threading.Thread(target=self._run, args=(stop, ready, go), daemon=True)
             t.start()
             self._threads.append((t, stop))
+            readies.append(ready)
+        for ready in readies:
+            ready.wait(30)
+        go.set()
 
 
 def routed(c: Any, model: str) -> int:
@@ -135,20 +145,22 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             }
             dep = c.deploy("bench-model", "bench", replicas=None, autoscaling=policy)
             dep_id, key = dep["id"], dep["inference_key"]
-            url = cp.api_url + "/v1/chat/completions"
+            url = cp.data_url + "/v1/chat/completions"  # the data port: what gateways use (docs/API.md)
             c.wait_deployment(dep_id, timeout=60)
             time.sleep(2)
 
             # 1. request at zero -> answered (several times: zero again after each)
             zero: list[tuple[float, float, float, float]] = []
+            # one client made beforehand: a new httpx client costs ~30 ms of its own (its TLS context), which is
+            # the gateway's, not the control plane's
+            gateway = httpx.Client(timeout=120, trust_env=False)
             for _ in range(args.zero_trials):
                 assert c.get_deployment(dep_id)["desired_replicas"] == 0
                 t0 = time.time()
-                r = httpx.post(
+                r = gateway.post(
                     url,
                     json={"model": "bench-model", "messages": [{"role": "user", "content": "wake"}]},
                     headers={"authorization": f"Bearer {key}"},
-                    timeout=120,
                 )
                 t_answer = time.time()
                 assert r.status_code == 200, r.text
@@ -158,6 +170,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
                 zero.append((t_answer - t0, decided - t0, changed - decided, t_answer - changed))
                 wait(lambda: c.get_deployment(dep_id)["desired_replicas"] == 0, 60, every=0.2)
                 wait(lambda: routed(c, "bench-model") == 0, 30, every=0.1)
+            gateway.close()
             res["zero"] = zero
 
             # 2. + 3. the ramp, with the load step measured at its big step
@@ -177,8 +190,8 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             step: dict[str, float] = {}
             for phase, n in enumerate((2, 8, 2, 0)):
                 before = c.get_deployment(dep_id)["desired_replicas"]
-                t_step = time.monotonic()
                 clients.set(n)
+                t_step = time.monotonic()
                 if phase == 1:
                     step["from"] = before
                     step["decision_s"] = wait(lambda b=before: c.get_deployment(dep_id)["desired_replicas"] > b, 30)
