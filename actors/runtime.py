@@ -4,36 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import ray
+
+from actors import placement
+from actors.placement import POOL_HOST_PREFIX, POOL_HOSTS_ENV  # noqa: F401  (POOL_HOSTS_ENV: re-exported)
 
 NAMESPACE = "inferia"
 INVENTORY = "inventory"
 DEPLOYMENTS = "deployments"
 
 
-POOL_HOSTS_ENV = "INFERIA_POOL_HOSTS"
-POOL_HOST_PREFIX = "pools:"
-
-
 def pool_hosts_from_env() -> int:
-    try:
-        return max(0, int(os.environ.get(POOL_HOSTS_ENV, "0")))
-    except ValueError:
-        return 0
+    """INFERIA_POOL_HOSTS of this process: N, or placement.AUTO (unset, `auto`)."""
+    return placement.hosts_from_env()
 
 
-def pool_actor_name(pool_id: str, hosts: int | None = None) -> str:
-    """The Ray actor that runs a pool: `pool:<id>` (one actor per pool, the default), or with `hosts` > 0
-    (INFERIA_POOL_HOSTS) `pools:<k>`, one of `hosts` actors that each run every pool hashed to them."""
-    n = pool_hosts_from_env() if hosts is None else hosts
-    if n <= 0:
-        return f"pool:{pool_id}"
-    return f"{POOL_HOST_PREFIX}{zlib.crc32(pool_id.encode()) % n}"
+def pool_actor_name(pool_id: str, hosts: int | str | None = None) -> str:
+    """The Ray actor that runs a pool (actors/placement.py): `pool:<id>` (an actor of its own), or `pools:<k>`,
+    one of the host actors that each run several pools. hosts: INFERIA_POOL_HOSTS (None: this process's)."""
+    return placement.actor_name(pool_id, hosts)
 
 
 def host_index(name: str) -> int | None:
@@ -61,8 +53,9 @@ class RuntimeConfig:
     api_host: str = "127.0.0.1"
     data_port: int | None = None
     data_url: str | None = None
-    # 0: one Ray actor per pool; N > 0: N pool-host actors share the pools (each actor is a ~60 MiB process)
-    pool_hosts: int = 0
+    # 0: one Ray actor per pool; N > 0: N pool-host actors share the pools (each actor is a ~60 MiB process);
+    # placement.AUTO (-1): an actor each for the first pools, hosts beyond (actors/placement.py)
+    pool_hosts: int = placement.AUTO
     # a draining node is deprovisioned when idle, or after this long with requests still in flight
     drain_timeout_s: float = 30.0
     # retention: events older than this are deleted; terminated node rows this long after their end

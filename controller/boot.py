@@ -144,7 +144,7 @@ class ControlPlane:
         s.ensure_data_dir()
         self.runtime = runtime_file.claim(s.data_dir)
         self.runtime.log_file = str(self.log_file) if self.log_file else None
-        self.runtime.pool_hosts = s.pool_hosts
+        self.runtime.pool_hosts = s.pool_hosts_value
         self._record()
         self.api_token, self.token_created = load_or_create_api_token(s)
         try:
@@ -199,7 +199,7 @@ class ControlPlane:
             rollout_deadline_s=s.rollout_deadline_s,
             reconcile_interval_s=s.reconcile_interval_s,
             log_level=s.log_level,
-            pool_hosts=s.pool_hosts,
+            pool_hosts=s.pool_hosts_value,
             drain_timeout_s=s.drain_timeout_s,
             events_retention_s=s.events_retention_s,
             terminated_retention_s=s.terminated_retention_s,

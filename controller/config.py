@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from actors.placement import parse_hosts
 
 
 class Settings(BaseSettings):
@@ -53,8 +56,9 @@ class Settings(BaseSettings):
     # the Ray dashboard of a Ray that `up` starts itself, always on 127.0.0.1 (`up --no-dashboard`: off)
     dashboard: bool = Field(default=True, validation_alias="INFERIA_DASHBOARD")
     dashboard_port: int = Field(default=8265, ge=1, le=65535, validation_alias="INFERIA_DASHBOARD_PORT")
-    # 0: one Ray actor (process, ~60 MiB) per pool; N: N pool-host actors share all pools (many pools)
-    pool_hosts: int = Field(default=0, ge=0, le=1024, validation_alias="INFERIA_POOL_HOSTS")
+    # 0: one Ray actor (process, ~60 MiB) per pool; N: N pool-host actors share all pools (many pools);
+    # auto (the default): an actor each for the first pools, host actors beyond (actors/placement.py)
+    pool_hosts: int | Literal["auto"] = Field(default="auto", validation_alias="INFERIA_POOL_HOSTS")
     # public URL that node agents use to reach the API (defaults to http://api_host:api_port)
     public_url: str | None = Field(default=None, validation_alias="INFERIA_PUBLIC_URL")
     log_level: str = Field(default="INFO", validation_alias="INFERIA_LOG_LEVEL")
@@ -63,6 +67,18 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @field_validator("pool_hosts")
+    @classmethod
+    def _pool_hosts(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 0 <= v <= 1024:
+            raise ValueError("INFERIA_POOL_HOSTS must be auto or a number of host actors from 0 to 1024")
+        return v
+
+    @property
+    def pool_hosts_value(self) -> int:
+        """INFERIA_POOL_HOSTS as the actors read it: N, or placement.AUTO."""
+        return parse_hosts(self.pool_hosts)
 
     @field_validator("log_level")
     @classmethod

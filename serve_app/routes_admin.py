@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from actors import placement
 from actors.autoscaler import AutoscalingPolicy
 from actors.records import (
     DeploymentRecord,
@@ -81,7 +82,12 @@ async def create_pool(body: PoolCreate, request: Request) -> dict[str, Any]:
         config = cls.validate_config(dict(body.provider_config))
     except (ValueError, TypeError) as exc:
         raise ApiError(422, "invalid_request", f"provider_config: {exc}", "provider_config") from exc
-    rec = PoolRecord(id=new_id("pool"), **body.model_dump(exclude={"provider_config"}), provider_config=config)
+    # where the pool runs is decided now and kept in its id (actors/placement.py): stable for its lifetime
+    hosts = ctx_of(request).cfg.pool_hosts
+    existing = [p.id for p in await store.list_pools()] if hosts == placement.AUTO else []
+    crowded = len(existing) >= placement.AUTO_OWN_ACTORS
+    pool_id = placement.new_pool_id(existing, hosts, placement.host_slots(placement.cluster_cpus()) if crowded else 0)
+    rec = PoolRecord(id=pool_id, **body.model_dump(exclude={"provider_config"}), provider_config=config)
     try:
         rec = await store.insert_pool(rec)
     except DuplicateError as exc:
