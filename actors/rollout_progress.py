@@ -46,13 +46,16 @@ async def save(store: Store, dep_id: str, t: Track) -> bool:
     return bool(r.endswith(" 1"))
 
 
+def _us(t: float) -> int:
+    return round(t * 1e6)
+
+
 def changed(before: Track | None, after: Track | None) -> bool:
+    """Whether `after` (the planner's track) differs from `before` (as loaded): progress_at is compared to the
+    microsecond, the precision of the column, so an unchanged track read back is not written every round."""
     if after is None:
         return False
     if before is None:
         return True
-    return (before.failures, before.progress_at, before.to_json()) != (
-        after.failures,
-        after.progress_at,
-        after.to_json(),
-    )
+    old = (before.failures, _us(before.progress_at), before.to_json())
+    return old != (after.failures, _us(after.progress_at), after.to_json())

@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from actors import rollout_progress
 from actors.deployment_core import CreateReplicas, RemoveReplica
 from actors.rollout import Finish, RollBack, RolloutPlanner, RolloutView, Strategy, Track, progress
 
@@ -315,3 +317,14 @@ def test_track_round_trips_through_json() -> None:
     t.errors["oom"] += 1
     back = Track.from_json(t.failures, t.progress_at, json.loads(json.dumps(t.to_json())))
     assert back == t
+
+
+def test_a_track_read_back_from_the_database_is_unchanged() -> None:
+    """progress_at goes through a TIMESTAMPTZ (microseconds): the same track read back is not written again."""
+    t = Track(2, "rolling", 1764703612.123456789, best_ready=1)
+    stored = datetime.fromtimestamp(t.progress_at, UTC).timestamp()
+    back = Track.from_json(t.failures, stored, t.to_json())
+    assert not rollout_progress.changed(back, t)
+    assert rollout_progress.changed(None, t) and not rollout_progress.changed(back, None)
+    t.failures += 1
+    assert rollout_progress.changed(back, t)
