@@ -102,7 +102,7 @@ class EndpointRule:
     @classmethod
     def for_runtime(cls, cfg: Any) -> EndpointRule:
         """From a RuntimeConfig: its API, data, PostgreSQL and Redis addresses are the control plane's own."""
-        own = own_addresses([cfg.public_url, cfg.data_url, cfg.dsn, cfg.redis_url])
+        own = own_addresses([cfg.public_url, cfg.data_url, *cfg.api_urls.split(","), cfg.dsn, cfg.redis_url])
         if cfg.data_port:
             own.add((str(cfg.api_host).lower(), int(cfg.data_port)))
         hosts = frozenset(h.strip().lower() for h in os.environ.get(TRUSTED_HOSTS_ENV, "").split(",") if h.strip())

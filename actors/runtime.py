@@ -53,6 +53,9 @@ class RuntimeConfig:
     api_host: str = "127.0.0.1"
     data_port: int | None = None
     data_url: str | None = None
+    # INFERIA_API_URLS: the API addresses node agents post heartbeats to, comma-separated, in order (they fail
+    # over to the next); empty: data_url (or public_url)
+    api_urls: str = ""
     # 0: one Ray actor per pool; N > 0: N pool-host actors share the pools (each actor is a ~60 MiB process);
     # placement.AUTO (-1): an actor each for the first pools, hosts beyond (actors/placement.py)
     pool_hosts: int = placement.AUTO
@@ -72,7 +75,9 @@ class RuntimeConfig:
 
     @property
     def heartbeat_url(self) -> str:
-        return (self.data_url or self.public_url).rstrip("/") + "/inventory/heartbeat"
+        """Where node agents post heartbeats: one URL, or with api_urls a comma-separated list in order."""
+        bases = [u for u in self.api_urls.split(",") if u] or [self.data_url or self.public_url]
+        return ",".join(u.rstrip("/") + "/inventory/heartbeat" for u in bases)
 
     @property
     def heartbeat_fallback_url(self) -> str | None:

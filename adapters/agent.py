@@ -16,7 +16,6 @@ could not start, 2 bad arguments.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -102,6 +101,9 @@ STARTING_PROBE_S = 0.25  # probe cadence while the engine starts
 TICK_S = 0.05
 STOP_GRACE_S = 10.0
 PROBE_TIMEOUT_S = 2.0
+# several heartbeat URLs (INFERIA_API_URLS): a beat moves on to the next on these answers (no live replica there)
+FAILOVER_STATUSES = frozenset({502, 503, 504})
+PREFERRED_RETRY_S = 30.0
 DEGRADE_AFTER = 3  # consecutive failed probes before a ready node reports "starting" again
 
 log = logging.getLogger("inferia.agent")
@@ -124,6 +126,14 @@ class AgentConfig:
     fallback_url: str | None = None
     # the engine's Prometheus metrics (its queue goes into each heartbeat); None: the engine serves none
     metrics_path: str | None = None
+
+    @property
+    def heartbeat_urls(self) -> list[str]:
+        """heartbeat_url (one URL or several comma-separated, in order), then fallback_url."""
+        urls = [u.strip() for u in self.heartbeat_url.split(",") if u.strip()]
+        if self.fallback_url and self.fallback_url not in urls:
+            urls.append(self.fallback_url)
+        return urls
 
     def __repr__(self) -> str:  # never print the token, the key or the engine env
         return (
@@ -168,6 +178,11 @@ class Agent:
         self.start_id = uuid.uuid4().hex[:16]
         self._seq = 0
         self._metrics_off_until = 0.0  # after a 404 (no metrics served) the scrape pauses
+        # the heartbeat URLs in order; beats go to the one that answered last (`_at`) and fail over to the next
+        # on a transport error or a 502/503/504; the first is tried again every PREFERRED_RETRY_S
+        self._urls = cfg.heartbeat_urls
+        self._at = 0
+        self._moved_at = 0.0
 
     # ------------------------------------------------------------------ control
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
@@ -351,21 +366,40 @@ class Agent:
         """POST one heartbeat; the HTTP status, None when the control plane was unreachable."""
         headers = {"Authorization": f"Bearer {self.cfg.token}"}
         body = self.heartbeat_body()
-        resp: httpx.Response | None = None
-        try:
-            resp = self._client.post(self.cfg.heartbeat_url, json=body, headers=headers)
-        except httpx.HTTPError as exc:
-            if self.cfg.fallback_url:
-                with contextlib.suppress(httpx.HTTPError):
-                    resp = self._client.post(self.cfg.fallback_url, json=body, headers=headers)
-            if resp is None:
-                self._note(f"heartbeat failed: {type(exc).__name__}: {mask(str(exc), self._secrets)}")
-                return None
+        resp = self._post_beat(body, headers)
+        if isinstance(resp, Exception):
+            self._note(f"heartbeat failed: {type(resp).__name__}: {mask(str(resp), self._secrets)}")
+            return None
         if resp.is_success:
             self._note(f"heartbeat ok ({self.state})", level=logging.INFO)
         elif resp.status_code != 410:
             self._note(f"heartbeat refused: HTTP {resp.status_code}")
         return resp.status_code
+
+    def _post_beat(self, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response | Exception:
+        """POST the beat to the current URL, failing over to the next ones in turn: on a transport error (a
+        replica killed mid-request included: a beat is idempotent, its seq makes a late copy harmless) and on
+        502/503/504 (no live API replica behind that address). A 4xx is an answer: no failover."""
+        now = time.monotonic()
+        if self._at and now - self._moved_at >= PREFERRED_RETRY_S:
+            self._at = 0  # back to the preferred URL (the direct data port) once in a while
+        n = len(self._urls)
+        failure: httpx.Response | Exception | None = None
+        for i in range(n):
+            at = (self._at + i) % n
+            try:
+                resp = self._client.post(self._urls[at], json=body, headers=headers)
+            except httpx.HTTPError as exc:
+                failure = failure or exc
+                continue
+            if resp.status_code in FAILOVER_STATUSES and i < n - 1:
+                failure = failure or resp
+                continue
+            if at != self._at:
+                self._at, self._moved_at = at, now
+            return resp
+        assert failure is not None
+        return failure
 
     def _note(self, outcome: str, level: int = logging.WARNING) -> None:
         """Log a heartbeat outcome once per change (a restarting control plane must not flood the log)."""
@@ -509,7 +543,9 @@ def command_line(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inferia-agent", description="InferiA node agent")
     p.add_argument("--node-id", required=True)
-    p.add_argument("--heartbeat-url", required=True, help="full URL of POST /inventory/heartbeat")
+    p.add_argument(
+        "--heartbeat-url", required=True, help="full URL of POST /inventory/heartbeat (several: comma-separated)"
+    )
     p.add_argument("--interval", type=float, default=5.0, help="heartbeat interval in seconds")
     p.add_argument("--endpoint", default=None, help="engine base URL")
     p.add_argument("--health-path", default="/v1/models")

@@ -77,7 +77,7 @@ class WorkloadSpec:
 class ProvisionRequest:
     node_id: str
     pool_id: str
-    heartbeat_url: str
+    heartbeat_url: str  # one URL, or several comma-separated in order (INFERIA_API_URLS): the agent fails over
     node_token: str
     heartbeat_interval_s: float
     workload: WorkloadSpec | None = None  # None: an idle node (capacity only)

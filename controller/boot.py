@@ -205,6 +205,7 @@ class ControlPlane:
             terminated_retention_s=s.terminated_retention_s,
             master_key=self.master_key,
             metrics_open_on_loopback=s.metrics_open_on_loopback,
+            api_urls=s.api_urls or "",
         )
         if s.direct_ingress:
             # measured here (bench/heartbeats.py): ~240 single heartbeats/s through Serve's proxy actor,
@@ -233,6 +234,8 @@ class ControlPlane:
         with p.stage("API") as st:
             self._start_serve()
             st.detail = self.api_url + (f" (data port {self.data_url})" if self._direct else "")
+            if s.api_replicas > 1:
+                st.detail += f", {s.api_replicas} API replicas"
             self.runtime.api_url = self.api_url
             self.runtime.data_url = self.data_url
             self.runtime.ports.update(api=s.api_port, **({"data": s.data_port_or_default} if self._direct else {}))
@@ -304,7 +307,8 @@ class ControlPlane:
 
         assert self.cfg is not None
         serve.start(http_options={"host": self.settings.api_host, "port": self.settings.api_port})
-        serve.run(build(self.cfg, hash_secret(self.api_token)), name=APP_NAME, route_prefix="/", blocking=False)
+        app = build(self.cfg, hash_secret(self.api_token), replicas=self.settings.api_replicas)
+        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         self.wait_healthy(self.api_url)
         if self._direct:
             self.wait_healthy(self.data_url)

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
+
+from controller.failover import FAILOVER_STATUSES, Addresses, idempotent, retry_elsewhere, split_urls
 
 if TYPE_CHECKING:
     from controller.config import Settings
@@ -163,6 +165,9 @@ def _state_line(dep: Mapping[str, Any]) -> str:
 
 
 def url_from_settings(settings: Settings) -> str:
+    """INFERIA_API_URLS (comma-separated; the client fails over along them), else http://api_host:api_port."""
+    if settings.api_urls:
+        return settings.api_urls
     host = settings.api_host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
@@ -190,9 +195,18 @@ R = TypeVar("R")
 class _Api(Generic[R]):
     """The endpoints, written once: `_call` is sync in `Client` (R = Any) and async in `AsyncClient`."""
 
-    base_url: str
     timeout: float
     _token: str | None
+    _addr: Addresses  # the API's addresses (controller/failover.py)
+
+    @property
+    def base_url(self) -> str:
+        """The address requests go to now (the one that answered last)."""
+        return self._addr.current
+
+    @property
+    def base_urls(self) -> list[str]:
+        return list(self._addr.urls)
 
     def _call(
         self,
@@ -220,15 +234,20 @@ class _Api(Generic[R]):
         return _redact(_redact(text, self._token), bearer)
 
     def _transport_error(self, exc: httpx.TransportError, bearer: str | None) -> ConnectionFailed:
+        where = self.base_url if len(self._addr.urls) == 1 else ", ".join(self._addr.urls)
         if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-            msg = f"the control plane at {self.base_url} did not answer in time ({type(exc).__name__})"
+            msg = f"the control plane at {where} did not answer in time ({type(exc).__name__})"
         else:
             detail = self._redact(str(exc), bearer) or type(exc).__name__
             msg = (
-                f"the control plane is not reachable at {self.base_url} ({detail}); "
+                f"the control plane is not reachable at {where} ({detail}); "
                 "is it running? start it with `inferia-orch up`"
             )
         return ConnectionFailed(msg, code="connection_failed")
+
+    def _failover(self, method: str, path: str) -> tuple[bool, Iterator[int]]:
+        safe = idempotent(method, path)
+        return safe, self._addr.attempts(safe)
 
     def _decode(self, resp: httpx.Response, bearer: str | None, allow_not_modified: bool) -> Any:
         if resp.status_code == 304 and allow_not_modified:
@@ -529,19 +548,20 @@ def _check_wait(dep: dict[str, Any], states: Iterable[str]) -> bool:
 
 # ---------------------------------------------------------------- sync client
 class Client(_Api[Any]):
-    """Synchronous client. Use as a context manager, or call `close()`."""
+    """Synchronous client. Use as a context manager, or call `close()`. `base_url`: one URL, or several
+    (a list, or comma-separated) that it fails over along (controller/failover.py)."""
 
     def __init__(
         self,
-        base_url: str = DEFAULT_URL,
+        base_url: str | Sequence[str] = DEFAULT_URL,
         token: str | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self._addr = Addresses(split_urls(base_url))
         self.timeout = timeout
         self._token = token or None
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(timeout=timeout, transport=transport)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> Client:
@@ -571,12 +591,27 @@ class Client(_Api[Any]):
         allow_not_modified: bool = False,
     ) -> Any:
         hdrs = {**self._auth_headers(bearer), **(headers or {})}
-        try:
-            resp = self._http.request(
-                method, path, params=params, json=json, headers=hdrs, timeout=timeout or self.timeout
-            )
-        except httpx.TransportError as exc:
-            raise self._transport_error(exc, bearer) from None
+        safe, attempts = self._failover(method, path)
+        failure: httpx.TransportError | None = None
+        resp: httpx.Response | None = None
+        for at in attempts:
+            url = self._addr.urls[at] + path
+            try:
+                resp = self._http.request(
+                    method, url, params=params, json=json, headers=hdrs, timeout=timeout or self.timeout
+                )
+            except httpx.TransportError as exc:
+                failure = exc
+                if retry_elsewhere(exc, safe):
+                    continue
+                raise self._transport_error(exc, bearer) from None
+            if safe and resp.status_code in FAILOVER_STATUSES and len(self._addr.urls) > 1:
+                continue
+            self._addr.answered(at)
+            break
+        if resp is None:
+            assert failure is not None
+            raise self._transport_error(failure, bearer) from None
         return self._decode(resp, bearer, allow_not_modified)
 
     def watch_routes(self, timeout: float = 30) -> Iterator[dict[str, Any]]:
@@ -650,15 +685,15 @@ class AsyncClient(_Api[Awaitable[Any]]):
 
     def __init__(
         self,
-        base_url: str = DEFAULT_URL,
+        base_url: str | Sequence[str] = DEFAULT_URL,
         token: str | None = None,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self._addr = Addresses(split_urls(base_url))
         self.timeout = timeout
         self._token = token or None
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> AsyncClient:
@@ -687,12 +722,27 @@ class AsyncClient(_Api[Awaitable[Any]]):
         allow_not_modified: bool,
     ) -> Any:
         hdrs = {**self._auth_headers(bearer), **(headers or {})}
-        try:
-            resp = await self._http.request(
-                method, path, params=params, json=json, headers=hdrs, timeout=timeout or self.timeout
-            )
-        except httpx.TransportError as exc:
-            raise self._transport_error(exc, bearer) from None
+        safe, attempts = self._failover(method, path)
+        failure: httpx.TransportError | None = None
+        resp: httpx.Response | None = None
+        for at in attempts:
+            url = self._addr.urls[at] + path
+            try:
+                resp = await self._http.request(
+                    method, url, params=params, json=json, headers=hdrs, timeout=timeout or self.timeout
+                )
+            except httpx.TransportError as exc:
+                failure = exc
+                if retry_elsewhere(exc, safe):
+                    continue
+                raise self._transport_error(exc, bearer) from None
+            if safe and resp.status_code in FAILOVER_STATUSES and len(self._addr.urls) > 1:
+                continue
+            self._addr.answered(at)
+            break
+        if resp is None:
+            assert failure is not None
+            raise self._transport_error(failure, bearer) from None
         return self._decode(resp, bearer, allow_not_modified)
 
     def _call(

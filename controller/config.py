@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     # 0: one Ray actor (process, ~60 MiB) per pool; N: N pool-host actors share all pools (many pools);
     # auto (the default): an actor each for the first pools, host actors beyond (actors/placement.py)
     pool_hosts: int | Literal["auto"] = Field(default="auto", validation_alias="INFERIA_POOL_HOSTS")
+    # API replicas (Serve replicas of the ingress); on one machine they share the data port (SO_REUSEPORT)
+    api_replicas: int = Field(default=1, ge=1, le=64, validation_alias="INFERIA_API_REPLICAS")
+    # the API's addresses, comma-separated, in order: node agents post heartbeats there and clients call them,
+    # failing over to the next one when one cannot be reached (several replicas on several machines, or a
+    # second address in front). Unset: the data port of api_host (agents), public_url (clients).
+    api_urls: str | None = Field(default=None, validation_alias="INFERIA_API_URLS")
     # public URL that node agents use to reach the API (defaults to http://api_host:api_port)
     public_url: str | None = Field(default=None, validation_alias="INFERIA_PUBLIC_URL")
     log_level: str = Field(default="INFO", validation_alias="INFERIA_LOG_LEVEL")
@@ -87,6 +93,17 @@ class Settings(BaseSettings):
         if v not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return v
+
+    @field_validator("api_urls")
+    @classmethod
+    def _urls(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        urls = [u.strip().rstrip("/") for u in v.split(",") if u.strip()]
+        for u in urls:
+            if not u.startswith(("http://", "https://")):
+                raise ValueError(f"each URL must start with http:// or https:// (got {u[:80]!r})")
+        return ",".join(urls)
 
     @model_validator(mode="after")
     def _public(self) -> Settings:

@@ -160,7 +160,8 @@ class DataPortApp:
 )
 @serve.ingress(app)
 class ApiIngress:
-    """One Serve replica: its AppContext holds storage, caches and the heartbeat batcher.
+    """One Serve replica (of INFERIA_API_REPLICAS): its AppContext holds storage, caches and the heartbeat
+    batcher.
 
     Besides Serve's proxy (api_port), the replica serves the same app on its own port (data_port):
     the hot paths (heartbeats, routing-table reads, the inference proxy) skip the proxy actor hop.
@@ -195,6 +196,10 @@ def bind_reusable(host: str, port: int) -> socket.socket:
     # IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so (uvloop does it on any)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # SO_REUSEPORT: the API replicas on one machine (INFERIA_API_REPLICAS) all listen on the data port, and the
+    # kernel spreads new connections over them; one replica gone, the others keep accepting
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -205,5 +210,8 @@ def bind_reusable(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build(cfg: RuntimeConfig, api_token_hash: str) -> Any:
-    return ApiIngress.bind(cfg.to_dict(), api_token_hash)  # type: ignore[attr-defined]
+def build(cfg: RuntimeConfig, api_token_hash: str, replicas: int = 1) -> Any:
+    """The ingress application: `replicas` API replicas (INFERIA_API_REPLICAS), each with its own context
+    (caches, batcher, hold queue) and all sharing the data port of their machine."""
+    deployment = ApiIngress.options(num_replicas=replicas)  # type: ignore[attr-defined]
+    return deployment.bind(cfg.to_dict(), api_token_hash)

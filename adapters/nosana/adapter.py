@@ -191,7 +191,11 @@ class NosanaAdapter(ProviderAdapter):
             "market": config["market"],
             "timeout_s": int(config["timeout_s"]),
             "health_path": built.health_path,
-            "heartbeat": {"url": req.heartbeat_url, "token": req.node_token, "interval_s": req.heartbeat_interval_s},
+            "heartbeat": {
+                "url": req.heartbeat_url.split(",")[0],  # the sidecar posts to one URL
+                "token": req.node_token,
+                "interval_s": req.heartbeat_interval_s,
+            },
         }
         try:
             launched = await self.client.request(
