@@ -17,7 +17,16 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.runtime import RuntimeConfig, setup_logging
-from serve_app import context, errors, event_loop, openai_errors, routes_admin, routes_data, routes_tokens
+from serve_app import (
+    context,
+    errors,
+    event_loop,
+    heartbeat_fast,
+    openai_errors,
+    routes_admin,
+    routes_data,
+    routes_tokens,
+)
 from serve_app.context import AppContext
 from serve_app.errors import ApiError
 from serve_app.proxy import MAX_BODY_BYTES, PROXY_PATHS
@@ -130,7 +139,8 @@ app = create_app(None)
 
 class DataPortApp:
     """The data port's ASGI app: POSTs to the OpenAI proxy paths go straight to the proxy (no FastAPI routing,
-    dependencies or middleware on the hot path, serve_app/proxy.py); everything else to the FastAPI app."""
+    dependencies or middleware on the hot path, serve_app/proxy.py), heartbeats to serve_app/heartbeat_fast.py
+    (the same answers as the FastAPI route); everything else to the FastAPI app."""
 
     def __init__(self, api: FastAPI) -> None:
         self.api = api
@@ -148,6 +158,11 @@ class DataPortApp:
                     return
             await ctx.proxy.handle(scope, receive, send)
             return
+        if scope["type"] == "http" and scope["path"] == heartbeat_fast.HEARTBEAT_PATH and scope["method"] == "POST":
+            ctx = getattr(self.api.state, "ctx", None) or context.CURRENT[0]
+            if ctx.started:  # else FastAPI answers, which starts the context (and its errors are FastAPI's)
+                await heartbeat_fast.handle(ctx, scope, receive, send)
+                return
         await self.api(scope, receive, send)
 
 

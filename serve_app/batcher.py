@@ -1,7 +1,9 @@
 """Micro-batching: many concurrent callers, one downstream call per batch.
 
 Each heartbeat request awaits its own result, but while one batch is in flight the next
-requests queue up and go out together: one actor call per flush, not per heartbeat.
+requests queue up and go out together: one actor call per flush, not per heartbeat. With `linger_s`, a
+batch smaller than `linger_below` also waits that long before it goes: at 16 concurrent single heartbeats,
+0.5 ms doubles the beats per inventory call (8 -> 16) and raised req/s by half (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -15,8 +17,15 @@ R = TypeVar("R")
 
 
 class MicroBatcher(Generic[T, R]):
-    def __init__(self, flush: Callable[[list[T]], Awaitable[list[R]]], max_batch: int = 5000) -> None:
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Awaitable[list[R]]],
+        max_batch: int = 5000,
+        linger_s: float = 0.0,
+        linger_below: int = 256,
+    ) -> None:
         self._flush = flush
+        self._linger, self._linger_below = linger_s, linger_below
         self._max = max_batch
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._running: asyncio.Task[None] | None = None
@@ -46,6 +55,8 @@ class MicroBatcher(Generic[T, R]):
     async def _drain(self) -> None:
         while self._queue:
             await asyncio.sleep(0)  # let the requests arriving in this tick join the batch
+            if self._linger and len(self._queue) < self._linger_below:
+                await asyncio.sleep(self._linger)  # a small batch waits a little for more (fewer, fuller calls)
             batch, self._queue = self._queue[: self._max], self._queue[self._max :]
             self.batches += 1
             self.items += len(batch)

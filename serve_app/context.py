@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from ray.exceptions import RayActorError
+
 from actors.runtime import DEPLOYMENTS, INVENTORY, RuntimeConfig, call, get_actor, get_pool_actor
 from actors.storage import Store
 from actors.token_store import Scope
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 # and each answer brings back the load the replica's balancer cannot see (other replicas, engine queues)
 LOAD_REPORT_S = 0.5
 LOAD_KEEPALIVE_S = 1.0
+# a small batch of heartbeats waits this long for more before its inventory call (serve_app/batcher.py)
+HEARTBEAT_LINGER_S = 0.0005
 
 
 @dataclass
@@ -49,7 +53,7 @@ class AppContext:
         self.store: Store | None = None
         self.routing = RoutingCache(self._poll_routing)
         self.heartbeats: MicroBatcher[dict[str, Any], tuple[int, str | None, str | None]] = MicroBatcher(
-            self._flush_heartbeats
+            self._flush_heartbeats, linger_s=HEARTBEAT_LINGER_S
         )
         self.keys = KeyIndex(self.deployment_keys)  # inference key hash -> deployment (serve_app/inference_keys.py)
         self.tokens = TokenCache(api_token_hash, lambda: self.store)  # scoped API tokens (serve_app/auth.py)
@@ -67,6 +71,7 @@ class AppContext:
         self.proxy.hold = self.hold
         self.last_request: dict[str, float] = {}  # deployment id -> wall time of its newest answered request
         self.counters = Counters()
+        self._hb_inventory: Any = None  # the inventory's handle for heartbeat flushes (a lookup per flush costs)
         self.live_nodes = LiveNodes(self._all_nodes)  # the inventory's view, shared for ~1 s (console, /metrics)
         self.metrics = ReplicaMetrics(self._metrics_snapshot)
         self._start_lock: asyncio.Lock | None = None
@@ -177,7 +182,20 @@ class AppContext:
         return await call(ref, timeout_s + 10)  # type: ignore[no-any-return]
 
     async def _flush_heartbeats(self, beats: list[dict[str, Any]]) -> list[tuple[int, str | None, str | None]]:
-        return await call(self.inventory().heartbeats.remote(beats, from_ingress=True), 30)  # type: ignore[no-any-return]
+        # the handle is kept (it follows the actor's restarts); if it fails, the next flush looks the actor up
+        # again, and a failure on a kept handle is retried once at once with a fresh one (beats are idempotent)
+        cached = self._hb_inventory
+        inv = cached or self.inventory()
+        try:
+            out = await call(inv.heartbeats.remote(beats, from_ingress=True), 30)
+        except Exception as exc:
+            self._hb_inventory = None
+            if cached is None or not isinstance(exc, RayActorError):
+                raise
+            inv = self.inventory()
+            out = await call(inv.heartbeats.remote(beats, from_ingress=True), 30)
+        self._hb_inventory = inv
+        return out  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------ secrets
     async def deployment_keys(self) -> list[DeploymentKey]:

@@ -116,7 +116,7 @@ def observe_heartbeats(statuses: Iterable[int]) -> None:
         r = _HB_RESULT.get(st, "other")
         counts[r] = counts.get(r, 0) + 1
     for r, n in counts.items():
-        HEARTBEAT_RESULTS.labels(r).inc(n)
+        _child(HEARTBEAT_RESULTS, r).inc(n)
 
 
 def forget_deployments(keep: set[str]) -> None:

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import ValidationError
 
 from actors.records import hash_secret
 from actors.token_store import Scope, covers
+from serve_app import heartbeat_fast, openai_errors
 from serve_app import metrics as metrics_mod
-from serve_app import openai_errors
 from serve_app.auth import require_gateway, require_metrics
 from serve_app.context import AppContext, bearer
-from serve_app.errors import ApiError
-from serve_app.schemas import HeartbeatIn
 
 router = APIRouter()
-
-_HB_CODES = {403: "forbidden", 404: "node_not_found", 409: "endpoint_refused", 410: "node_gone"}
 
 
 def ctx_of(request: Request) -> AppContext:
@@ -27,58 +21,12 @@ def ctx_of(request: Request) -> AppContext:
     return ctx
 
 
-async def _json(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise ApiError(422, "invalid_request", "body: malformed JSON", "body") from exc
-
-
-def _parse_beat(item: Any, prefix: str) -> HeartbeatIn:
-    if not isinstance(item, dict):
-        raise ApiError(422, "invalid_request", f"{prefix or 'body'}: must be an object", prefix or "body")
-    try:
-        return HeartbeatIn.model_validate(item)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        loc = ".".join(str(p) for p in e["loc"])
-        field = ".".join(p for p in (prefix, loc) if p) or prefix or "body"
-        raise ApiError(422, "invalid_request", f"{field}: {e['msg']}", field) from exc
-
-
 @router.post("/inventory/heartbeat")
 async def heartbeat(request: Request) -> Any:
-    """One heartbeat, or {"heartbeats": [...]} for many (each item may carry its node's token)."""
-    ctx = ctx_of(request)
-    body = await _json(request)
-    token = bearer(request)
-    if isinstance(body, dict) and "heartbeats" in body:
-        items = body["heartbeats"]
-        if not isinstance(items, list):
-            raise ApiError(422, "invalid_request", "heartbeats: must be a list", "heartbeats")
-        if len(items) > 10_000:
-            raise ApiError(422, "invalid_request", "heartbeats: at most 10000 per request", "heartbeats")
-        beats = [_parse_beat(it, f"heartbeats.{i}").to_core(token) for i, it in enumerate(items)]
-        ctx.counters.heartbeat_requests += 1
-        results = await ctx.heartbeats.submit_many(beats)
-        metrics_mod.observe_heartbeats(st for st, _, _ in results)
-        return {
-            "interval_s": ctx.cfg.heartbeat_interval_s,
-            "results": [
-                {"node_id": nid or b.get("node_id"), "status": st, **({"message": msg} if st != 200 else {})}
-                for b, (st, nid, msg) in zip(beats, results, strict=True)
-            ],
-        }
-    hb = _parse_beat(body, "")
-    if not (hb.token or token):
-        raise ApiError(401, "unauthorized", "missing node token (Authorization: Bearer <node token>)")
-    ctx.counters.heartbeat_requests += 1
-    status, node_id, msg = await ctx.heartbeats.submit(hb.to_core(token))
-    metrics_mod.observe_heartbeats((status,))
-    if status != 200:
-        raise ApiError(status, _HB_CODES.get(status, "error"), msg or "refused")
-    return {"ok": True, "node_id": node_id, "interval_s": ctx.cfg.heartbeat_interval_s}
+    """One heartbeat, or {"heartbeats": [...]} for many (each item may carry its node's token). On the data
+    port, serve_app/heartbeat_fast.py answers it at the ASGI level with the same functions."""
+    body = heartbeat_fast.decode(await request.body())
+    return await heartbeat_fast.answer(ctx_of(request), body, bearer(request))
 
 
 @router.get("/v1/routing-table")

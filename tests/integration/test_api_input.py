@@ -156,3 +156,50 @@ def test_absurd_numbers_name_the_field(http: httpx.Client) -> None:
     )
     assert len(http.get("/v1/pools").json()) == pools
     assert len(http.get("/v1/model-registry").json()) == models
+
+
+def test_heartbeat_answers_alike_on_both_ports(control_plane: ControlPlane) -> None:
+    """The data port answers heartbeats at the ASGI level (serve_app/heartbeat_fast.py), Serve's port through
+    the FastAPI route: the same statuses and bodies for accepted, refused and malformed beats, against the
+    real inventory."""
+    import ray
+
+    from actors.records import hash_secret
+    from actors.runtime import INVENTORY, get_actor
+
+    tag = uuid.uuid4().hex[:6]
+    node, gone = f"node-hb-{tag}", f"node-hbgone-{tag}"
+    infos = [
+        {"id": n, "pool_id": f"pool-hb-{tag}", "provider": "bench", "state": "ready", "token_hash": hash_secret(n)}
+        for n in (node, gone)
+    ]
+    inv = get_actor(INVENTORY)
+    ray.get(inv.register_many.remote(infos))
+    ray.get(inv.transition.remote(gone, "terminated", "test"))
+    own = {"authorization": f"Bearer {node}", "content-type": "application/json"}
+    cases: list[tuple[bytes, dict[str, str]]] = [
+        (b'{"node_id": "%s", "state": "ready", "cpu_percent": 5, "seq": 1, "start_id": "s1"}' % node.encode(), own),
+        (b'{"node_id": "%s", "health_score": 50.0}' % node.encode(), own),  # coerced by pydantic on both
+        (b'{"node_id": "%s"}' % node.encode(), {"authorization": f"Bearer {gone}"}),  # 403
+        (b'{"node_id": "%s"}' % gone.encode(), {"authorization": f"Bearer {gone}"}),  # 410
+        (b'{"node_id": "node-nope"}', own),  # 404
+        (b'{"node_id": "%s"}' % node.encode(), {}),  # 401
+        (b'{"node_id": "n", "health_score": 101}', own),
+        (b'{"node_id": "n", "cpu_percent": 1e400}', own),
+        (b'{"node_id": "n", "endpoint": "ftp://x"}', own),
+        (b'{"state": "ready"}', own),
+        (b"[1,", own),
+        (b'{"heartbeats": [{"node_id": "%s", "token": "%s"}, {"node_id": "x"}]}' % (node.encode(), node.encode()), {}),
+        (b'{"heartbeats": [{"node_id": "n"}, {"node_id": "n", "seq": -1}]}', {}),
+    ]
+    for body, headers in cases:
+        answers = []
+        for base in (control_plane.api_url, control_plane.data_url):
+            r = httpx.post(base + "/inventory/heartbeat", content=body, headers=headers, trust_env=False, timeout=30)
+            answers.append((r.status_code, r.json()))
+        assert answers[0] == answers[1], (body, answers)
+    statuses = [
+        httpx.post(control_plane.data_url + "/inventory/heartbeat", content=b, headers=h, trust_env=False).status_code
+        for b, h in cases[:7]
+    ]
+    assert statuses == [200, 200, 403, 410, 404, 401, 422]
