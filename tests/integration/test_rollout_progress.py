@@ -4,17 +4,22 @@ same count, so the second failure of the new generation rolls back (the limit is
 roll-out starts from zero; a write for a roll-out that is no longer the deployment's lands nowhere.
 
 The runner runs here without Ray on a database of its own on the session's PostgreSQL (no deployments actor
-reads it), with the nodes the inventory would report written by hand and a fake clock."""
+reads it), with the nodes the inventory would report written by hand and a fake clock; then the same through the
+whole control plane: the deployments actor killed (Ray restarts it) between the first and the second failure of
+a failing update."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import pytest
+import ray
 
 from actors import generations as gen
 from actors import rollout_progress
@@ -30,9 +35,12 @@ from actors.records import (
 )
 from actors.rollout import RolloutPlanner
 from actors.rollout_runner import RolloutRunner
+from actors.runtime import DEPLOYMENTS, NAMESPACE
 from actors.states import DeploymentState, NodeState, PoolState
 from actors.storage import Store
 from controller.boot import ControlPlane
+from controller.client import Client, UpdateRolledBack
+from tests.support import controlplane as cpl
 
 
 class Clock:
@@ -163,3 +171,43 @@ def test_a_restarted_runner_resumes_the_failure_count(control_plane: ControlPlan
     fresh = out["fresh"]
     assert out["made"] and fresh.target_generation == 3 and fresh.failures == 0
     assert out["fresh_tracks"] == {}
+
+
+def _pid(name: str) -> int | None:
+    try:
+        h = ray.get_actor(name, namespace=NAMESPACE)
+        return int(ray.get(h.__ray_call__.remote(lambda _self: os.getpid()), timeout=30))
+    except Exception:
+        return None
+
+
+def test_the_deployments_actor_killed_mid_failing_update_counts_on(control_plane: ControlPlane, api: Client) -> None:
+    """A failing update (the engine rejects its arguments): once one new replica failed (GET rollout.failures 1),
+    the deployments actor is killed; the restarted one rolls back at the second failure, so exactly 2 new
+    replicas were ever made (a count starting again would have made a third)."""
+    name = f"rk-{uuid.uuid4().hex[:6]}"
+    base = cpl.fake_model(name)
+    api.register_model(**base)
+    pool = api.create_pool(f"pool-{uuid.uuid4().hex[:6]}")
+    dep = api.deploy(name, pool["name"], replicas=2)
+    api.wait_deployment(dep["id"], timeout=120)
+    old = {n["id"] for n in api.list_nodes(deployment=dep["id"], state="all", limit=100)["items"]}
+    upd = api.update_deployment(dep["id"], args=[*base["args"], "--no-such-flag"])
+    cpl.wait_for(
+        lambda: (api.get_deployment(dep["id"])["rollout"] or {}).get("failures") == 1, 60, every=0.05, what="1 failure"
+    )
+    before = _pid(DEPLOYMENTS)
+    assert before is not None
+    ray.kill(ray.get_actor(DEPLOYMENTS, namespace=NAMESPACE), no_restart=False)
+    seen = api.get_deployment(dep["id"])["rollout"]
+    cpl.wait_for(lambda: (p := _pid(DEPLOYMENTS)) is not None and p != before, 120, every=0.2, what="actor restarted")
+    with pytest.raises(UpdateRolledBack) as info:
+        api.wait_update(dep["id"], upd["generation"], timeout=120, poll=0.2)
+    d = info.value.deployment
+    assert seen["phase"] == "rolling" and seen["failures"] == 1, seen  # the kill landed between the failures
+    assert d["state"] == "running" and d["current_generation"] == 1
+    assert d["rollout"]["failures"] == 2 and "2 new replicas failed" in d["rollout"]["last_failure"]
+    made = {n["id"] for n in api.list_nodes(deployment=dep["id"], state="all", limit=100)["items"]} - old
+    assert len(made) == 2, made
+    assert {r["id"] for r in d["replicas"] if r["state"] == "ready"} == old  # the old replicas untouched
+    api.delete_deployment(dep["id"])
