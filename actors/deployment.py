@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any
 
 import ray
@@ -14,10 +15,12 @@ from actors.deployment_core import (
     CreateReplicas,
     DeploymentPlanner,
     DeploymentView,
+    QuietRounds,
     RemoveReplica,
     SetState,
 )
 from actors.generations import workload as generation_workload
+from actors.node_feed import NodeMirror
 from actors.records import DeploymentRecord, ModelRecord, ReplicaRecord, new_id, workload_for
 from actors.rollout import RolloutPlanner
 from actors.rollout_runner import RolloutRunner
@@ -40,6 +43,7 @@ REMOVE_RETRY_S = 30.0
 CREATE_BATCH = 100
 # deployments scaling up at the same time within one reconcile round
 CREATE_CONCURRENCY = 8
+ROUNDS_KEPT = 120  # reconcile rounds whose duration stats() reports
 
 
 @ray.remote
@@ -66,6 +70,10 @@ class DeploymentActor:
         self._replica_state: dict[tuple[str, str], str] = {}
         self.last_reconcile_ms = 0.0
         self.reconciles = 0
+        # the inventory's nodes, kept by its delta feed (actors/node_feed.py): a quiet round reads a version
+        self.mirror = NodeMirror()
+        self.quiet = QuietRounds()
+        self.rounds: deque[tuple[float, int]] = deque(maxlen=ROUNDS_KEPT)  # (ms, node changes) per round
         boot_in_background(self._boot, "deployments")
 
     async def _boot(self) -> None:
@@ -96,11 +104,36 @@ class DeploymentActor:
         """Something changed (API call): reconcile now rather than at the next tick."""
         await self._boot()
         assert self._loop is not None
+        self.quiet.invalidate()
         self._loop.wake.set()
 
     async def stats(self) -> dict[str, Any]:
         await self._boot()
-        return {"reconciles": self.reconciles, "last_reconcile_ms": self.last_reconcile_ms}
+        m = self.mirror
+        return {
+            "reconciles": self.reconciles,
+            "last_reconcile_ms": self.last_reconcile_ms,
+            "rounds": list(self.rounds),  # the last rounds: (ms, nodes the feed changed), oldest first
+            "node_feed": {
+                "nodes": len(m),
+                "epoch": m.epoch,
+                "version": m.version,
+                "full_reads": m.full_reads,
+                "delta_reads": m.delta_reads,
+                "quiet_rounds": self.quiet.skipped,
+            },
+        }
+
+    async def _read_nodes(self) -> int:
+        """Bring the mirror of the nodes with a deployment up to date: the changes since its version (all of
+        them after a restart of either actor, or when it fell behind the feed's history); returns how many."""
+        epoch, version = self.mirror.position()
+        return self.mirror.apply(await get_actor(INVENTORY).node_changes.remote(epoch, version, True))
+
+    def _round_done(self, t0: float, changes: int) -> None:
+        self.reconciles += 1
+        self.last_reconcile_ms = (time.perf_counter() - t0) * 1000
+        self.rounds.append((round(self.last_reconcile_ms, 3), changes))
 
     async def reconcile(self) -> None:
         store = self.store
@@ -112,13 +145,26 @@ class DeploymentActor:
             DeploymentState.STOPPED,
         }
         deps = {d.id: d for d in await store.list_deployments(states=active)}
-        nodes = await get_actor(INVENTORY).nodes.remote(True)
-        if any(d.autoscaling for d in deps.values()):  # issue 11: targets follow the load (autoscale_runner.py)
+        changes = await self._read_nodes()
+        seen = list(deps.values())
+        if self.quiet.quiet(seen, changes > 0):  # nothing changed and nothing waits on time: nothing to do
+            self._round_done(t0, 0)
+            return
+        self.quiet.invalidate()
+        nodes = self.mirror.nodes()
+        scaling = [d.id for d in deps.values() if d.autoscaling]
+        if scaling:  # issue 11: targets follow the load (autoscale_runner.py)
             try:
                 load = await get_actor(INVENTORY).load.remote()
+                engines = await get_actor(INVENTORY).engine_metrics.remote(scaling)
             except Exception as exc:  # the inventory restarting: the engines' own figures (heartbeats) alone
                 log.warning("autoscaling without the proxies' load this round: %s", type(exc).__name__)
-                load = {}
+                load, engines = {}, None
+            if engines is not None:  # not in the node feed (they change with every heartbeat)
+                wanted = set(scaling)
+                for n in nodes:
+                    if n.get("deployment_id") in wanted:
+                        n["metrics"] = engines.get(n["id"]) or {}
             annotate_load(nodes, load.get("nodes") or {})
             await self.autoscaler.run(store, deps, nodes, load)
         rolling = await self.rollouts.run(store, deps, nodes)  # the deployments in `updating`
@@ -161,8 +207,9 @@ class DeploymentActor:
 
         await asyncio.gather(*(bounded(c) for c in creates))
         await self._finish_deletes(deps, nodes)
-        self.reconciles += 1
-        self.last_reconcile_ms = (time.perf_counter() - t0) * 1000
+        updating = any(d.state == DeploymentState.UPDATING for d in deps.values())
+        self.quiet.ran(seen, steady=not actions and not self.planner.time_bound and not scaling and not updating)
+        self._round_done(t0, changes)
 
     async def _finish_deletes(self, deps: dict[str, DeploymentRecord], nodes: list[dict[str, Any]]) -> None:
         """A deployment marked for deletion goes once it is stopped/failed and none of its nodes is left."""
@@ -182,6 +229,7 @@ class DeploymentActor:
         """Forget failure counts (a user restarts a failed deployment)."""
         await self._boot()
         self.planner.reset(deployment_id)
+        self.quiet.invalidate()
 
     async def _create_logged(self, dep: DeploymentRecord, model: ModelRecord, count: int) -> None:
         try:

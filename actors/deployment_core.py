@@ -98,6 +98,10 @@ class DeploymentPlanner:
         self.backoff_max_s = backoff_max_s
         self.clock = clock
         self._track: dict[str, _Track] = {}
+        # after plan(): whether its answer may change with time alone (a node provisioning or unhealthy, a
+        # deployment short of replicas: timeouts, grace, backoff); if not, and it planned nothing, the same
+        # deployments and nodes plan nothing later either (the executor's quiet rounds rely on it)
+        self.time_bound = False
 
     def threshold(self, desired: int) -> int:
         """Failures with no ready replica that fail a deployment: relative to its size (3 capacity errors early
@@ -130,6 +134,7 @@ class DeploymentPlanner:
             if n.get("deployment_id"):
                 by_dep.setdefault(n["deployment_id"], []).append(n)
         actions: list[Action] = []
+        self.time_bound = False
         for d in deps:
             actions.extend(self._plan_one(d, by_dep.get(d.id, []), now))
         return actions
@@ -137,30 +142,28 @@ class DeploymentPlanner:
     def _plan_one(self, d: DeploymentView, nodes: list[dict[str, Any]], now: float) -> list[Action]:
         out: list[Action] = []
         track = self._track.setdefault(d.id, _Track())
-        live = [n for n in nodes if NodeState(n["state"]) in ALIVE]
+        live = [n for n in nodes if n["state"] in ALIVE]
 
         if d.state in (D.STOPPING, D.STOPPED, D.FAILED):
-            leftover = [n for n in nodes if NodeState(n["state"]) in ALIVE or NodeState(n["state"]) == NodeState.FAILED]
+            leftover = [n for n in nodes if n["state"] in ALIVE or n["state"] == NodeState.FAILED]
             for n in leftover:
-                dead = NodeState(n["state"]) == NodeState.FAILED
+                dead = n["state"] == NodeState.FAILED
                 out.append(RemoveReplica(d.id, n["id"], f"deployment {d.state}", drain=not dead))
-            if (
-                d.state == D.STOPPING
-                and not leftover
-                and not any(NodeState(n["state"]) == NodeState.DRAINING for n in nodes)
-            ):
+            if d.state == D.STOPPING and not leftover and not any(n["state"] == NodeState.DRAINING for n in nodes):
                 out.append(SetState(d.id, D.STOPPED))
             return out
 
         # failed nodes count against the deployment and are cleaned up
         for n in nodes:
-            if NodeState(n["state"]) == NodeState.FAILED:
+            if n["state"] == NodeState.FAILED:
                 self.record_failure(d.id, n["id"], n.get("reason"))
                 out.append(RemoveReplica(d.id, n["id"], n.get("reason") or "node failed", drain=False))
 
         keep: list[dict[str, Any]] = []
         for n in live:
-            state = NodeState(n["state"])
+            state = n["state"]
+            if state != NodeState.READY:
+                self.time_bound = True
             in_state = float(n.get("seconds_in_state") or 0.0)
             # hysteresis: a node that only missed heartbeats gets replace_grace_s to come back (no
             # replacement storm from a flapping network); one that reported its own failure goes at once
@@ -177,7 +180,7 @@ class DeploymentPlanner:
                 continue
             keep.append(n)
 
-        ready = [n for n in keep if NodeState(n["state"]) == NodeState.READY and n.get("engine_ready")]
+        ready = [n for n in keep if n["state"] == NodeState.READY and n.get("engine_ready")]
         if ready:
             track.failures = 0
             track.counted.clear()
@@ -199,6 +202,8 @@ class DeploymentPlanner:
 
         # scale
         missing = d.desired - len(keep)
+        if missing > 0:
+            self.time_bound = True
         if missing > 0 and now >= track.next_create_at:
             out.append(CreateReplicas(d.id, missing))
         elif missing < 0:
@@ -207,7 +212,7 @@ class DeploymentPlanner:
             surplus = sorted(
                 keep,
                 key=lambda n: (
-                    NodeState(n["state"]) == NodeState.READY,
+                    n["state"] == NodeState.READY,
                     float(n.get("load") or 0),
                     float(n.get("seconds_in_state") or 0),
                 ),
@@ -239,3 +244,41 @@ class DeploymentPlanner:
         if d.state in (D.RUNNING, D.DEGRADED):
             return D.DEGRADED
         return None
+
+
+# a quiet round is skipped at most this long: then a full round runs whatever (the level-triggered safety net)
+FULL_ROUND_S = 30.0
+
+
+class QuietRounds:
+    """Whether the executor may skip a reconcile round: the last full round planned nothing and depended on
+    nothing time moves (DeploymentPlanner.time_bound, no autoscaling, no roll-out), and since then neither
+    the deployments (from Postgres) nor their nodes (the inventory's feed) changed. Then the same inputs
+    would plan nothing again; a full round still runs every FULL_ROUND_S."""
+
+    def __init__(self, clock: Clock = time.monotonic, full_every_s: float = FULL_ROUND_S) -> None:
+        self.clock = clock
+        self.full_every_s = full_every_s
+        self._deps: list[Any] | None = None
+        self._steady = False
+        self._last_full = -math.inf
+        self.skipped = 0
+
+    def quiet(self, deps: list[Any], nodes_changed: bool) -> bool:
+        if (
+            not self._steady
+            or nodes_changed
+            or deps != self._deps
+            or self.clock() - self._last_full >= self.full_every_s
+        ):
+            return False
+        self.skipped += 1
+        return True
+
+    def invalidate(self) -> None:
+        """Run the next round in full (a full round starts; an API call or a reset came in)."""
+        self._steady = False
+
+    def ran(self, deps: list[Any], steady: bool) -> None:
+        """A full round ended; steady: it planned nothing and nothing in it waits on time."""
+        self._deps, self._steady, self._last_full = deps, steady, self.clock()

@@ -248,6 +248,17 @@ class InventoryActor:
         await self._boot()
         return self.core.snapshot(deployment_only)
 
+    async def node_changes(self, epoch: str | None, version: int, deployment_only: bool = True) -> dict[str, Any]:
+        """The node changes after `version` of `epoch`, or a full snapshot (`full`) when the caller must resync
+        (actors/node_feed.py): what the deployments actor reads every round."""
+        await self._boot()
+        return self.core.node_changes(epoch, version, deployment_only)
+
+    async def engine_metrics(self, deployment_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The engine metrics of the nodes of these deployments (the autoscaler's signals)."""
+        await self._boot()
+        return self.core.engine_metrics(deployment_ids)
+
     async def node(self, node_id: str) -> dict[str, Any] | None:
         await self._boot()
         e = self.core.nodes.get(node_id)

@@ -15,10 +15,14 @@ from enum import IntEnum
 from typing import Any
 
 from actors.endpoints import EndpointRule
+from actors.node_feed import NodeFeed, feed_answer
 from actors.records import secret_matches
 from actors.states import NODE_TERMINAL, NodeState, node_can
 
 Clock = Callable[[], float]
+
+# a feed answer with more changed nodes than this and than half of all is a full snapshot (as cheap to read)
+FULL_AFTER = 1000
 
 
 class HeartbeatStatus(IntEnum):
@@ -158,6 +162,7 @@ class InventoryCore:
         clock: Clock = time.monotonic,
         wall: Clock = time.time,
         sweeping: bool = True,
+        feed_epoch: str | None = None,
     ) -> None:
         self.timeout = heartbeat_timeout_s
         self.clock = clock
@@ -180,6 +185,8 @@ class InventoryCore:
         self._load: dict[str, LoadReport] = {}  # API replica id -> its last load report
         self.rebuilds = DurationStat(clock=clock)  # routing-table rebuilds (not the no-op refreshes)
         self.endpoint_rule: EndpointRule | None = None  # judges endpoints sent to the API (actors/endpoints.py)
+        # node changes the deployments actor reads (actors/node_feed.py): a new epoch every start
+        self.feed = NodeFeed(epoch=feed_epoch)
 
     # ------------------------------------------------------------ registration
     def register(self, info: dict[str, Any]) -> NodeEntry:
@@ -206,6 +213,7 @@ class InventoryCore:
         if entry.provider_instance_id:
             self._by_instance[(entry.provider, entry.provider_instance_id)] = node_id
         self._dirty = True
+        self.feed.touch(node_id)
         return entry
 
     def forget(self, node_id: str) -> None:
@@ -213,6 +221,7 @@ class InventoryCore:
         if entry and entry.provider_instance_id:
             self._by_instance.pop((entry.provider, entry.provider_instance_id), None)
         self._dirty = True
+        self.feed.touch(node_id)
 
     # ------------------------------------------------------------ transitions
     def transition(self, node_id: str, to: NodeState, reason: str | None = None) -> bool:
@@ -223,6 +232,7 @@ class InventoryCore:
         if entry.state == to:
             if reason and entry.reason != reason:
                 entry.reason = reason
+                self.feed.touch(node_id)
             return True
         if not node_can(entry.state, to):
             return False
@@ -238,6 +248,7 @@ class InventoryCore:
         self._state_writes[node_id] = (tuple(dict.fromkeys(expected)), to, reason)
         self.transitions_total += 1
         self._dirty = True
+        self.feed.touch(node_id)
         return True
 
     # ------------------------------------------------------------ heartbeats
@@ -284,28 +295,35 @@ class InventoryCore:
         if hb.endpoint and hb.endpoint != entry.endpoint:
             entry.endpoint = hb.endpoint
             self._dirty = True
+            self.feed.touch(entry.id)
         self._beat_writes[entry.id] = (datetime.fromtimestamp(self.wall(), UTC), entry.health_score)
         if hb.state == "ready":
-            entry.failed_by_node = False
+            if entry.failed_by_node:
+                entry.failed_by_node = False
+                self.feed.touch(entry.id)
             if not entry.engine_ready:
                 entry.engine_ready = True
                 self._dirty = True
+                self.feed.touch(entry.id)
             if entry.state in (NodeState.PROVISIONING, NodeState.UNHEALTHY):
                 self.transition(entry.id, NodeState.READY)
         elif hb.state == "failed":
             entry.engine_ready = False
             entry.failed_by_node = True
             self._dirty = True
+            self.feed.touch(entry.id)
             if entry.state == NodeState.READY:
                 self.transition(entry.id, NodeState.UNHEALTHY, hb.reason or "node reported failure")
             elif entry.state == NodeState.PROVISIONING:  # never came up: counts as a failed replica
                 self.transition(entry.id, NodeState.FAILED, hb.reason or "node reported failure")
         else:  # starting
-            if hb.reason:  # e.g. why a pod is still pending: shown to the user on the node/deployment
+            if hb.reason and hb.reason != entry.reason:  # e.g. why a pod is still pending: shown to the user
                 entry.reason = hb.reason
+                self.feed.touch(entry.id)
             if entry.engine_ready:
                 entry.engine_ready = False
                 self._dirty = True
+                self.feed.touch(entry.id)
         return HeartbeatResult(HeartbeatStatus.OK, entry.id)
 
     @staticmethod
@@ -483,6 +501,32 @@ class InventoryCore:
     def snapshot(self, deployment_only: bool = False) -> list[dict[str, Any]]:
         now = self.clock()
         return [e.view(now) for e in self.nodes.values() if not deployment_only or e.deployment_id]
+
+    def node_changes(self, epoch: str | None, version: int, deployment_only: bool = True) -> dict[str, Any]:
+        """The nodes changed after `version` of `epoch` (actors/node_feed.py), or every node (`full`) when the
+        reader must resync or when most nodes changed. deployment_only: nodes without a deployment are left
+        out (one that lost its deployment, or is gone, is in `removed`)."""
+        ids = self.feed.changed_since(epoch, version)
+        now = self.clock()
+        if ids is None or len(ids) > max(FULL_AFTER, len(self.nodes) // 2):
+            return feed_answer(self.feed.epoch, self.feed.version, True, self.snapshot(deployment_only), [])
+        nodes: list[dict[str, Any]] = []
+        removed: list[str] = []
+        for node_id in ids:
+            e = self.nodes.get(node_id)
+            if e is None or (deployment_only and not e.deployment_id):
+                removed.append(node_id)
+            else:
+                nodes.append(e.view(now))
+        return feed_answer(self.feed.epoch, self.feed.version, False, nodes, removed)
+
+    def engine_metrics(self, deployment_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The last engine metrics of the nodes of these deployments (the autoscaler's signals; not in the
+        node feed: they change with every heartbeat)."""
+        wanted = set(deployment_ids)
+        if not wanted:
+            return {}
+        return {e.id: e.metrics for e in self.nodes.values() if e.deployment_id in wanted and e.metrics}
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
