@@ -61,6 +61,9 @@ class RuntimeConfig:
     pool_hosts: int = placement.AUTO
     # a draining node is deprovisioned when idle, or after this long with requests still in flight
     drain_timeout_s: float = 30.0
+    # scale from zero (serve_app/hold.py): how long and how many requests per deployment an API replica holds
+    hold_timeout_s: float = 120.0
+    hold_queue: int = 100
     # retention: events older than this are deleted; terminated node rows this long after their end
     events_retention_s: float = 7 * 86400.0
     terminated_retention_s: float = 86400.0
@@ -199,8 +202,9 @@ def boot_in_background(boot: Any, name: str) -> None:
 
 class Loop:
     """A background loop that cannot die: exceptions are logged and the step runs again. The step runs every
-    `interval_s`, or sooner when `wake` is set, but never sooner than `min_gap_s` after the previous one
-    (so a burst of wakes costs one step: the coalescing the routing-table rebuild relies on)."""
+    `interval_s`, or sooner when `wake` is set, but never sooner than `min_gap_s` after the previous one ended
+    (so a burst of wakes costs one step: the coalescing the routing-table rebuild relies on; a wake after a
+    quiet spell runs the step at once, and so does one after a step that returned False: it changed nothing)."""
 
     def __init__(self, name: str, step: Any, interval_s: float, min_gap_s: float = 0.0) -> None:
         self.name, self.step, self.interval_s, self.min_gap_s = name, step, interval_s, min_gap_s
@@ -219,19 +223,24 @@ class Loop:
         loop = asyncio.get_running_loop()
         while True:
             t0 = loop.time()
+            idle = False
             try:
-                await self.step()
+                idle = await self.step() is False
             except asyncio.CancelledError:
                 raise
             except Exception:
                 self.errors += 1
                 log.exception("step failed; continuing")
             self.runs += 1
-            self.last_duration_s = loop.time() - t0
-            if self.min_gap_s > 0:
-                await asyncio.sleep(self.min_gap_s)
+            ended = loop.time()
+            self.last_duration_s = ended - t0
             try:
                 await asyncio.wait_for(self.wake.wait(), self.interval_s)
             except TimeoutError:
                 pass
+            # the gap counts from the end of the previous step: a wake after a quiet spell runs at once, a
+            # burst of wakes within the gap is one step at its end
+            rest = self.min_gap_s - (loop.time() - ended)
+            if rest > 0 and not idle:
+                await asyncio.sleep(rest)
             self.wake.clear()

@@ -201,6 +201,8 @@ class ControlPlane:
             log_level=s.log_level,
             pool_hosts=s.pool_hosts_value,
             drain_timeout_s=s.drain_timeout_s,
+            hold_timeout_s=s.hold_timeout_s,
+            hold_queue=s.hold_queue,
             events_retention_s=s.events_retention_s,
             terminated_retention_s=s.terminated_retention_s,
             master_key=self.master_key,

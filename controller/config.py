@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     # a draining node (scale-down, replacement, pool scale, API drain) is deprovisioned once no request is in
     # flight for it, or after this long
     drain_timeout_s: float = Field(default=30.0, ge=0, le=86400, validation_alias="INFERIA_DRAIN_TIMEOUT_S")
+    # scale from zero: a request for a deployment with no routed replica is held this long at most, and at most
+    # this many per deployment and API replica (serve_app/hold.py); past either, 503 with Retry-After
+    hold_timeout_s: float = Field(default=120.0, ge=0, le=3600, validation_alias="INFERIA_HOLD_TIMEOUT_S")
+    hold_queue: int = Field(default=100, ge=0, le=100_000, validation_alias="INFERIA_HOLD_QUEUE")
     # retention: events older than this are deleted; rows of terminated nodes this long after their end
     events_retention_s: float = Field(default=7 * 86400.0, gt=0, validation_alias="INFERIA_EVENTS_RETENTION_S")
     terminated_retention_s: float = Field(default=86400.0, gt=0, validation_alias="INFERIA_TERMINATED_RETENTION_S")

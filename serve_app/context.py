@@ -20,7 +20,7 @@ from serve_app import metrics as metrics_mod
 from serve_app import openai_errors
 from serve_app.auth import TokenCache, bearer, require_admin
 from serve_app.batcher import MicroBatcher
-from serve_app.hold import HoldQueue
+from serve_app.hold import HoldQueue, HoldSettings
 from serve_app.inference_keys import DeploymentKey, KeyIndex
 from serve_app.live_nodes import LiveNodes
 from serve_app.metrics import ReplicaMetrics
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # the proxy's requests in flight per node go to the inventory this often (draining waits for a node's 0; the
 # autoscaler reads the sums); unchanged figures are re-sent every LOAD_KEEPALIVE_S (a report expires after 3 s),
 # and each answer brings back the load the replica's balancer cannot see (other replicas, engine queues)
-LOAD_REPORT_S = 0.5
+LOAD_REPORT_S = 0.25
 LOAD_KEEPALIVE_S = 1.0
 # a small batch of heartbeats waits this long for more before its inventory call (serve_app/batcher.py)
 HEARTBEAT_LINGER_S = 0.0005
@@ -67,7 +67,8 @@ class AppContext:
             rate_check=self._proxy_rate_check,
         )
         # scale from zero: requests for a deployment with no routed replica wait here (serve_app/hold.py)
-        self.hold = HoldQueue(self.routing, self._wake_autoscaler, self._hold_status)
+        hold = HoldSettings(timeout_s=cfg.hold_timeout_s, max_per_deployment=cfg.hold_queue)
+        self.hold = HoldQueue(self.routing, self._wake_autoscaler, self._hold_status, hold)
         self.proxy.hold = self.hold
         self.last_request: dict[str, float] = {}  # deployment id -> wall time of its newest answered request
         self.counters = Counters()

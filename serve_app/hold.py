@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from serve_app.openai_errors import OpenAIError
@@ -35,17 +34,12 @@ Find = Callable[[], list[dict[str, Any]] | None]  # the routed entries the reque
 WAKE_GAP_S = 0.5  # a deployment is woken at most this often by one API replica
 
 
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
 @dataclass
 class HoldSettings:
-    timeout_s: float = field(default_factory=lambda: _env_float("INFERIA_HOLD_TIMEOUT_S", 120.0))
-    max_per_deployment: int = field(default_factory=lambda: int(_env_float("INFERIA_HOLD_QUEUE", 100)))
+    """INFERIA_HOLD_TIMEOUT_S and INFERIA_HOLD_QUEUE (controller/config.py, through RuntimeConfig)."""
+
+    timeout_s: float = 120.0
+    max_per_deployment: int = 100
     check_every_s: float = 1.0  # how often a waiter asks `status` whether holding still makes sense
 
 
@@ -73,10 +67,6 @@ class HoldQueue:
     async def wait(self, deployment_id: str, model: str, find: Find) -> list[dict[str, Any]]:
         """Hold until `find()` names a replica; its entries. OpenAIError 503 with Retry-After otherwise."""
         s = self.settings
-        why = await self.status(deployment_id)
-        if why is not None:
-            self.refused_total += 1
-            raise _refused("no_healthy_endpoint", f"model {model!r} has no ready replica: {why}", 5)
         held = self.queued.get(deployment_id, 0)
         if held >= s.max_per_deployment:
             self.refused_total += 1
@@ -89,7 +79,12 @@ class HoldQueue:
         self.queued[deployment_id] = held + 1
         self.held_total += 1
         try:
-            await self._wake(deployment_id)
+            # whether holding makes sense and the wake-up at once, side by side (the control plane's share of a
+            # cold start is what the user waits for beyond the engine's own start)
+            why, _ = await asyncio.gather(self.status(deployment_id), self._wake(deployment_id))
+            if why is not None:
+                self.refused_total += 1
+                raise _refused("no_healthy_endpoint", f"model {model!r} has no ready replica: {why}", 5)
             start = self.clock()
             deadline = start + s.timeout_s
             next_check = start + s.check_every_s
