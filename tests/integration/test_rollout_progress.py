@@ -176,7 +176,8 @@ def test_a_restarted_runner_resumes_the_failure_count(control_plane: ControlPlan
 def _pid(name: str) -> int | None:
     try:
         h = ray.get_actor(name, namespace=NAMESPACE)
-        return int(ray.get(h.__ray_call__.remote(lambda _self: os.getpid()), timeout=30))
+        pid: Any = ray.get(h.__ray_call__.remote(lambda _self: os.getpid()), timeout=30)
+        return int(pid)
     except Exception:
         return None
 
