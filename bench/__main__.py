@@ -1,7 +1,8 @@
 """Run every benchmark, one after the other, each in its own process (each boots its own Ray).
 
     .venv/bin/python -m bench [--quick]
-        [--only heartbeats,storage,routing,detection,replicas,scale,proxy,autoscale,metrics,rollout] [--log FILE]
+        [--only heartbeats,storage,routing,detection,replicas,scale,proxy,autoscale,metrics,rollout,api_replicas]
+        [--log FILE]
 
 Full sizes by default (about 15 minutes on the 2-core VM); `--quick` shrinks every benchmark to check
 that it runs (its figures are not the ones to record). The heartbeat and routing benchmarks need
@@ -30,6 +31,7 @@ FULL: dict[str, list[str]] = {
     "autoscale": ["--phase-s", "12", "--zero-trials", "3"],
     "metrics": ["--nodes", "10000", "--rounds", "20"],
     "rollout": ["--replicas", "100", "--surges", "1,10"],
+    "api_replicas": ["--seconds", "6", "--replicas", "3"],
 }
 QUICK: dict[str, list[str]] = {
     "heartbeats": ["--seconds", "2", "--nodes", "100"],
@@ -42,6 +44,7 @@ QUICK: dict[str, list[str]] = {
     "autoscale": ["--phase-s", "6", "--zero-trials", "1"],
     "metrics": ["--nodes", "1000", "--rounds", "3"],
     "rollout": ["--replicas", "10", "--surges", "1,5"],
+    "api_replicas": ["--seconds", "2", "--nodes", "100", "--replicas", "2"],
 }
 
 
