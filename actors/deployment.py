@@ -73,7 +73,9 @@ class DeploymentActor:
         # the inventory's nodes, kept by its delta feed (actors/node_feed.py): a quiet round reads a version
         self.mirror = NodeMirror()
         self.quiet = QuietRounds()
-        self.rounds: deque[tuple[float, int]] = deque(maxlen=ROUNDS_KEPT)  # (ms, node changes) per round
+        # per round: (ms, node changes, ms of its reads: the deployments and the node feed, side by side)
+        self.rounds: deque[tuple[float, int, float]] = deque(maxlen=ROUNDS_KEPT)
+        self._read_ms = 0.0
         boot_in_background(self._boot, "deployments")
 
     async def _boot(self) -> None:
@@ -113,7 +115,7 @@ class DeploymentActor:
         return {
             "reconciles": self.reconciles,
             "last_reconcile_ms": self.last_reconcile_ms,
-            "rounds": list(self.rounds),  # the last rounds: (ms, nodes the feed changed), oldest first
+            "rounds": list(self.rounds),  # the last rounds: (ms, nodes the feed changed, reads ms), oldest first
             "node_feed": {
                 "nodes": len(m),
                 "epoch": m.epoch,
@@ -133,7 +135,7 @@ class DeploymentActor:
     def _round_done(self, t0: float, changes: int) -> None:
         self.reconciles += 1
         self.last_reconcile_ms = (time.perf_counter() - t0) * 1000
-        self.rounds.append((round(self.last_reconcile_ms, 3), changes))
+        self.rounds.append((round(self.last_reconcile_ms, 3), changes, round(self._read_ms, 3)))
 
     async def reconcile(self) -> None:
         store = self.store
@@ -144,8 +146,10 @@ class DeploymentActor:
             DeploymentState.FAILED,
             DeploymentState.STOPPED,
         }
-        deps = {d.id: d for d in await store.list_deployments(states=active)}
-        changes = await self._read_nodes()
+        # the deployments (Postgres) and the node changes (the inventory) side by side
+        rows, changes = await asyncio.gather(store.list_deployments(states=active), self._read_nodes())
+        self._read_ms = (time.perf_counter() - t0) * 1000
+        deps = {d.id: d for d in rows}
         seen = list(deps.values())
         if self.quiet.quiet(seen, changes > 0):  # nothing changed and nothing waits on time: nothing to do
             self._round_done(t0, 0)

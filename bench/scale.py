@@ -57,6 +57,7 @@ from bench.procs import (
 TARGET_MEM_GIB = 2.0
 TARGET_SWEEP_MS = 50.0
 TARGET_REBUILD_MS = 50.0
+TARGET_QUIET_MS = 10.0
 
 
 # ---------------------------------------------------------------- 1. InventoryCore alone
@@ -117,6 +118,7 @@ def core_figures(pools: int, per_pool: int, runs: int = 40) -> dict[str, Any]:
         core.heartbeat(Heartbeat(token=f"tok-{node}", node_id=node, state="ready"))  # rejoins it
         rebuilds.append(_timed_change(core))
     snapshot = _timed(lambda: core.snapshot(True), 10)
+    reconciler = reconciler_figures(core, ids, pools)
     table = core.routing_table()
     encode = _timed(lambda: json.dumps(table), 10)
     return {
@@ -126,9 +128,50 @@ def core_figures(pools: int, per_pool: int, runs: int = 40) -> dict[str, Any]:
         "sweep": sweeps,
         "rebuild": rebuilds,
         "snapshot": snapshot,
+        "reconciler": reconciler,
         "encode": encode,
         "table_bytes": len(json.dumps(table)),
         "endpoints": sum(len(v) for v in table["models"].values()),
+    }
+
+
+RECONCILER_CHANGES = 100  # nodes changed between two rounds for "a round after N changes"
+
+
+def reconciler_figures(core: Any, ids: list[str], pools: int, runs: int = 20) -> dict[str, list[float]]:
+    """The deployments actor's node reading (actors/node_feed.py) against the inventory's core, no Ray: a
+    quiet round (the feed read, nothing changed), a round after RECONCILER_CHANGES node changes (the feed
+    read, the mirror applied, the planner over all nodes), and for comparison what a round did before the
+    feed (the whole snapshot, then the planner)."""
+    from actors.deployment_core import DeploymentPlanner, DeploymentView
+    from actors.node_feed import NodeMirror
+    from actors.states import DeploymentState, NodeState
+
+    per = len(ids) // max(1, pools)
+    views = [DeploymentView(f"dep-{p:03d}", DeploymentState.RUNNING, per, 1, None) for p in range(pools)]
+    planner = DeploymentPlanner(replace_grace_s=10.0, provision_timeout_s=600.0)
+    mirror = NodeMirror()
+    mirror.apply(core.node_changes(*mirror.position()))
+
+    def quiet() -> None:
+        assert mirror.apply(core.node_changes(*mirror.position())) == 0
+
+    changed: list[float] = []
+    for k in range(runs):
+        for j in range(RECONCILER_CHANGES):
+            node = ids[(k * RECONCILER_CHANGES + j) * 7919 % len(ids)]
+            core.transition(node, NodeState.DRAINING if k % 2 == 0 else NodeState.READY, "bench")
+        t0 = time.perf_counter()
+        mirror.apply(core.node_changes(*mirror.position()))
+        planner.plan(views, mirror.nodes())
+        changed.append(time.perf_counter() - t0)
+    for node in ids:  # back as they were
+        core.transition(node, NodeState.READY)
+    mirror.apply(core.node_changes(*mirror.position()))
+    return {
+        "quiet": _timed(quiet, runs),
+        "changed": changed,
+        "snapshot_and_plan": _timed(lambda: planner.plan(views, core.snapshot(True)), 5),
     }
 
 
@@ -323,6 +366,8 @@ class Run:
     control_pid: int = 0
     services: dict[str, float] = field(default_factory=dict)
     final: dict[str, float] = field(default_factory=dict)
+    rounds_settled: dict[str, Any] = field(default_factory=dict)  # the deployments actor's stats()
+    rounds_forced: dict[str, Any] = field(default_factory=dict)
 
 
 def pg_connections(dsn: str) -> int:
@@ -349,11 +394,11 @@ def control_plane_run(args: argparse.Namespace, data_dir: Path) -> Run:
     cp = cpl.start(data_dir, interval_s=1.0)
     try:
         control = None
-        if args.pool_hosts == 0:  # one actor per pool: measure an empty pool's actor beside the others
+        if str(args.pool_hosts) == "0":  # one actor per pool: measure an empty pool's actor beside the others
             with cpl.client(cp) as c:
                 control = c.create_pool("empty-control", provider="instant", max_nodes=1)
         pools, run.pools_startup_s = create_pools(cp, args.pools, args.nodes_per_pool)
-        print(f"{args.pools} pool actors started in {run.pools_startup_s:.1f} s", flush=True)
+        print(f"{args.pools} pools created (their actors ready) in {run.pools_startup_s:.1f} s", flush=True)
         register_models(cp, args.pools)
         t0 = time.monotonic()
         dep_ids = deploy_all(cp, pools, args.nodes_per_pool)
@@ -371,11 +416,22 @@ def control_plane_run(args: argparse.Namespace, data_dir: Path) -> Run:
         run.services["pg_connections"] = pg_connections(cp.cfg.dsn)
         table = cpl.client(cp).routing_table()
         node_ids = [eps[0]["node_id"] for eps in table["models"].values()]
+        run.rounds_settled = deployment_rounds()
         run.forced = forced_rebuilds(cp, node_ids)
         run.final = metrics(cp)
+        run.rounds_forced = deployment_rounds()
     finally:
         cp.stop()
     return run
+
+
+def deployment_rounds() -> dict[str, Any]:
+    """The deployments actor's last rounds: (ms, nodes its feed read changed) each, and its feed figures."""
+    import ray
+
+    from actors.runtime import DEPLOYMENTS, get_actor
+
+    return dict(ray.get(get_actor(DEPLOYMENTS).stats.remote(), timeout=30))
 
 
 def _pid_of_actor(name: str) -> int:
@@ -402,7 +458,13 @@ def report_core(core: dict[str, Any]) -> None:
     print(f"\n== InventoryCore alone, {core['nodes']} nodes (no Ray, this process)")
     print(f"sweep()                       : {_ms(core['sweep'])}   {verdict(max(core['sweep']) * 1000, 50, 'ms')}")
     print(f"forced rebuild (content change): {_ms(core['rebuild'])}   {verdict(max(core['rebuild']) * 1000, 50, 'ms')}")
-    print(f"snapshot(deployment_only)     : {_ms(core['snapshot'])}   (what the reconciler reads every second)")
+    print(f"snapshot(deployment_only)     : {_ms(core['snapshot'])}   (what the reconciler read every second)")
+    r = core["reconciler"]
+    print(
+        f"reconciler, quiet round (feed): {_ms(r['quiet'])}   {verdict(max(r['quiet']) * 1000, TARGET_QUIET_MS, 'ms')}"
+    )
+    print(f"reconciler, {RECONCILER_CHANGES} changes + plan : {_ms(r['changed'])}   (feed read, mirror, planner)")
+    print(f"reconciler before the feed    : {_ms(r['snapshot_and_plan'])}   (snapshot + planner)")
     print(f"json.dumps(routing table)     : {_ms(core['encode'])}   ({core['table_bytes'] / MiB:.2f} MiB)")
     print(f"memory held by the core       : {core['held_mib']:.1f} MiB = {core['bytes_per_node'] / 1024:.2f} KiB/node")
 
@@ -411,7 +473,7 @@ def report_run(args: argparse.Namespace, run: Run, base: dict[str, Any], core: d
     want = args.pools * args.nodes_per_pool
     print(f"\n== control plane: {args.pools} pools x {args.nodes_per_pool} nodes = {want} (instant provider)")
     print(
-        f"{args.pools} pool actors started (POST /v1/pools, 4 at a time): {run.pools_startup_s:.1f} s "
+        f"{args.pools} pools created, actors ready (POST /v1/pools, 4 at a time): {run.pools_startup_s:.1f} s "
         f"= {run.pools_startup_s / args.pools:.2f} s/pool"
     )
     print(f"deploy -> first endpoint routed : {run.first_endpoint_s:.1f} s")
@@ -443,6 +505,21 @@ def report_timings(run: Run, nodes: int) -> None:
         f"{f.get('inferia_routing_rebuild_seconds_max', 0) * 1000:.2f} ms"
     )
     print(f"deployment reconcile (last): {f.get('inferia_reconcile_ms', 0):.1f} ms")
+    settled = run.rounds_settled.get("rounds") or []
+    quiet = [r[0] / 1000 for r in settled if r[1] == 0]
+    reads = [r[2] / 1000 for r in settled if r[1] == 0]
+    print(
+        f"deployment reconcile, quiet rounds over the settle (x{len(quiet)}): {_ms(quiet)}   "
+        f"{verdict(statistics.median(quiet or [0.0]) * 1000, TARGET_QUIET_MS, 'ms')} (median)"
+    )
+    print(f"  of which the reads (deployments from Postgres | node feed, side by side): {_ms(reads)}")
+    seen = {tuple(r) for r in settled}
+    after = [r for r in run.rounds_forced.get("rounds") or [] if r[1] > 0 and tuple(r) not in seen]
+    print(
+        f"deployment reconcile, rounds after node changes (forced, x{len(after)}): "
+        f"{_ms([r[0] / 1000 for r in after])}   changes per round: {[r[1] for r in after]}"
+    )
+    print(f"deployments actor's node feed: {run.rounds_forced.get('node_feed')}")
 
 
 def report_memory(args: argparse.Namespace, run: Run, base: dict[str, Any], core: dict[str, Any]) -> None:
@@ -553,9 +630,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800.0, help="for the fill-up and for running")
     ap.add_argument(
         "--pool-hosts",
-        type=int,
-        default=4,
-        help="INFERIA_POOL_HOSTS: pool-host actors sharing the pools; 0: one Ray actor (process) per pool",
+        default="auto",
+        help="INFERIA_POOL_HOSTS: auto (the default: an actor each for the first pools, host actors beyond), "
+        "N pool-host actors sharing the pools, 0: one Ray actor (process) per pool",
     )
     ap.add_argument("--baseline-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
