@@ -203,3 +203,4 @@ def test_heartbeat_answers_alike_on_both_ports(control_plane: ControlPlane) -> N
         for b, h in cases[:7]
     ]
     assert statuses == [200, 200, 403, 410, 404, 401, 422]
+    ray.get(inv.transition.remote(node, "terminated", "test done"))  # no stray node for the session's other tests
