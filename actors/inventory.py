@@ -162,9 +162,10 @@ class InventoryActor:
         return True
 
     async def ingress_started(self) -> None:
-        """Called by each API replica when it starts: begin (or restart) counting missed heartbeats."""
+        """Called by each API replica when it starts: begin (or restart) counting missed heartbeats (unless
+        heartbeats kept arriving through the other replicas: InventoryCore.ingress_started)."""
         await self._boot()
-        self.core.grace_all()
+        self.core.ingress_started()
 
     def _ingress_up(self) -> None:
         """An API replica reached us (its heartbeats or its routing long-poll): after a restart of this
@@ -197,6 +198,7 @@ class InventoryActor:
         await self._boot()
         if from_ingress:
             self._ingress_up()
+            self.core.ingress_beat_at = self.core.clock()
         results = self.core.heartbeat_batch((Heartbeat(**b) for b in beats), checked=from_ingress)
         await self._after_change()
         return [(int(r.status), r.node_id, r.message) for r in results]

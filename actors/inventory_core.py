@@ -179,6 +179,7 @@ class InventoryCore:
         self._dirty = True
         # paused until the heartbeat ingress is up: "unknown is not dead"
         self.sweeping = sweeping
+        self.ingress_beat_at = float("-inf")  # when node agents' heartbeats last arrived through an API replica
         self.heartbeats_total = 0
         self.transitions_total = 0
         self.stale_beats_total = 0  # heartbeats older than one already applied (ignored)
@@ -413,6 +414,16 @@ class InventoryCore:
         for e in self.nodes.values():
             e.last_seen = max(e.last_seen, now)
         self.sweeping = True
+
+    def ingress_started(self) -> bool:
+        """An API replica started. When agents' heartbeats still arrived within the last third of the timeout
+        (about one interval: through the other API replicas), none was kept from arriving and nothing is
+        granted, so a node that died just before is still caught in time; else (the only replica restarted,
+        or the first start) grace_all. True when it granted."""
+        if self.sweeping and self.clock() - self.ingress_beat_at < self.timeout / 3:
+            return False
+        self.grace_all()
+        return True
 
     def sweep(self) -> list[str]:
         """Mark nodes whose heartbeats stopped as unhealthy; returns the ids that changed."""
