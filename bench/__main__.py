@@ -1,7 +1,8 @@
 """Run every benchmark, one after the other, each in its own process (each boots its own Ray).
 
     .venv/bin/python -m bench [--quick]
-        [--only heartbeats,storage,routing,detection,replicas,scale,proxy,autoscale,metrics,rollout,api_replicas]
+        [--only heartbeats,storage,routing,detection,replicas,scale,proxy,autoscale,metrics,rollout,api_replicas,
+                cluster_replicas]
         [--log FILE]
 
 Full sizes by default (about 15 minutes on the 2-core VM); `--quick` shrinks every benchmark to check
@@ -32,6 +33,7 @@ FULL: dict[str, list[str]] = {
     "metrics": ["--nodes", "10000", "--rounds", "20"],
     "rollout": ["--replicas", "100", "--surges", "1,10"],
     "api_replicas": ["--seconds", "6", "--replicas", "3"],
+    "cluster_replicas": ["--ray-nodes", "3", "--replicas", "3", "--pools", "100", "--seconds", "5"],
 }
 QUICK: dict[str, list[str]] = {
     "heartbeats": ["--seconds", "2", "--nodes", "100"],
@@ -45,6 +47,7 @@ QUICK: dict[str, list[str]] = {
     "metrics": ["--nodes", "1000", "--rounds", "3"],
     "rollout": ["--replicas", "10", "--surges", "1,5"],
     "api_replicas": ["--seconds", "2", "--nodes", "100", "--replicas", "2"],
+    "cluster_replicas": ["--ray-nodes", "2", "--replicas", "2", "--pools", "4", "--nodes", "100", "--seconds", "2"],
 }
 
 
