@@ -212,10 +212,12 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
 
 
 def find_procs(*needles: str) -> list[psutil.Process]:
+    """This run's processes whose command line has every needle: descendants of this process (the Ray it
+    started, the engines its pool started), never another control plane's on the same machine."""
     out = []
-    for p in psutil.process_iter(["cmdline"]):
+    for p in psutil.Process().children(recursive=True):
         try:
-            cmd = " ".join(p.info["cmdline"] or [])
+            cmd = " ".join(p.cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         if all(n in cmd for n in needles):
