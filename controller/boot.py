@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import secrets
@@ -340,6 +341,10 @@ class ControlPlane:
             except Exception:
                 log.exception("stopping actors")
             if self._ray_started_here:
+                # Ray object refs and handles left in reference cycles (a failed test's traceback, a closure) are
+                # freed now, while Ray is up: one freed by the garbage collector after ray.shutdown() makes Ray
+                # end the whole process ("the core worker has already been shutdown"), exit code 1
+                gc.collect()
                 ray.shutdown()
         # embedded servers: also those of a crashed predecessor when this start was cut short before them
         s = self.settings
