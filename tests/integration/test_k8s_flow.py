@@ -13,6 +13,7 @@ import pytest
 import ray
 from kubernetes import client as k8s
 
+from actors.runtime import NAMESPACE, pool_actor_name
 from adapters.base import ProvisionRequest, WorkloadSpec
 from adapters.kubernetes.adapter import KubernetesAdapter
 from adapters.registry import register
@@ -92,7 +93,9 @@ def test_k8s_pool_deploy_replace_adopt_orphans_delete(
 
     # the pool actor restarts: it adopts what runs, creates nothing twice
     before = sorted(r["node_id"] for r in _routes(api, model))
-    ray.kill(ray.get_actor(f"pool:{pool['id']}", namespace="inferia"), no_restart=False)
+    # the actor that runs the pool: its own, or a pool host (INFERIA_POOL_HOSTS=auto, beyond the first pools)
+    actor = pool_actor_name(pool["id"], control_plane.settings.pool_hosts)
+    ray.kill(ray.get_actor(actor, namespace=NAMESPACE), no_restart=False)
     wait_for(lambda: api.get_pool(pool["id"]).get("state") == "active", 30, what="pool back")
     time.sleep(3)
     after = _objects(k8s_cluster, ns, pool["id"])
