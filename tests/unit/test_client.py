@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from controller.client import (
 )
 from controller.config import load_settings
 
-TOKEN = "it_secret-admin-token-1234567890"
+TOKEN = "it_" + secrets.token_urlsafe(24)  # made per run: no literal secret in the tree
 BASE = "http://cp.test:8000"
 
 Handler = Callable[[httpx.Request], httpx.Response]

@@ -3,6 +3,7 @@ adapters/agent.py), never on a 4xx, and a non-idempotent request only when nothi
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 
 import httpx
@@ -13,7 +14,7 @@ from controller.client import AsyncClient, Client, ConnectionFailed, NotFound, u
 from controller.config import load_settings
 from controller.failover import Addresses, idempotent, retry_elsewhere, split_urls
 
-TOKEN = "it_secret-admin-token-1234567890"
+TOKEN = "it_" + secrets.token_urlsafe(24)  # made per run: no literal secret in the tree
 A, B, C = "http://a.test:8001", "http://b.test:8001", "http://c.test:8001"
 
 Behaviour = Callable[[httpx.Request], httpx.Response]
