@@ -191,15 +191,23 @@ class InventoryActor:
         return ok
 
     async def heartbeats(
-        self, beats: list[dict[str, Any]], from_ingress: bool = False
+        self,
+        beats: list[dict[str, Any]],
+        from_ingress: bool = False,
+        relay_pool: str | None = None,
+        first_relay: bool = False,
     ) -> list[tuple[int, str | None, str | None]]:
         """One call per batch of heartbeats; returns (status, node_id, message) per heartbeat. from_ingress:
-        sent by an API replica (node agents), not by a pool relaying its provider's health."""
+        sent by an API replica (node agents); relay_pool: sent by that pool relaying its provider's health
+        (each interval, even empty: its relay is alive; first_relay: the first since that pool actor started)."""
         await self._boot()
         if from_ingress:
             self._ingress_up()
             self.core.ingress_beat_at = self.core.clock()
-        results = self.core.heartbeat_batch((Heartbeat(**b) for b in beats), checked=from_ingress)
+        if relay_pool is not None:
+            results = self.core.relay(relay_pool, (Heartbeat(**b) for b in beats), first_relay)
+        else:
+            results = self.core.heartbeat_batch((Heartbeat(**b) for b in beats), checked=from_ingress)
         await self._after_change()
         return [(int(r.status), r.node_id, r.message) for r in results]
 

@@ -74,6 +74,7 @@ class NodeEntry:
     metrics: dict[str, Any] = field(default_factory=dict)
     beat_start_id: str | None = None  # the agent start and sequence number of the last applied beat
     beat_seq: int | None = None
+    relayed: bool = False  # its health comes from its pool relaying the provider's (not from an agent)
 
     def view(self, now: float) -> dict[str, Any]:
         return {
@@ -180,6 +181,7 @@ class InventoryCore:
         # paused until the heartbeat ingress is up: "unknown is not dead"
         self.sweeping = sweeping
         self.ingress_beat_at = float("-inf")  # when node agents' heartbeats last arrived through an API replica
+        self.relay_at: dict[str, float] = {}  # pool id -> when that pool last relayed its provider's health
         self.heartbeats_total = 0
         self.transitions_total = 0
         self.stale_beats_total = 0  # heartbeats older than one already applied (ignored)
@@ -341,6 +343,25 @@ class InventoryCore:
     def heartbeat_batch(self, beats: Iterable[Heartbeat], checked: bool = False) -> list[HeartbeatResult]:
         return [self.heartbeat(b, checked) for b in beats]
 
+    def relay(self, pool_id: str, beats: Iterable[Heartbeat], first: bool = False) -> list[HeartbeatResult]:
+        """A pool relays its provider's health (each interval, even with nothing to say). first: the first relay
+        of a pool actor's start; its last start knew nothing meanwhile, so its relayed nodes count from now (as
+        grace_all does for agents when the ingress restarts)."""
+        now = self.clock()
+        if first:
+            for e in self.nodes.values():
+                if e.relayed and e.pool_id == pool_id:
+                    e.last_seen = max(e.last_seen, now)
+        self.relay_at[pool_id] = now
+        results = []
+        for b in beats:
+            r = self.heartbeat(b)
+            node = self.nodes.get(r.node_id or "") if r.status == HeartbeatStatus.OK else None
+            if node is not None:
+                node.relayed = True
+            results.append(r)
+        return results
+
     # ------------------------------------------------------------ load (in-flight requests, from the API)
     def report_load(
         self,
@@ -426,7 +447,8 @@ class InventoryCore:
         return True
 
     def sweep(self) -> list[str]:
-        """Mark nodes whose heartbeats stopped as unhealthy; returns the ids that changed."""
+        """Mark nodes whose heartbeats stopped as unhealthy; returns the ids that changed. A node whose health
+        its pool relays is not marked while that pool's relay itself is silent (see relay)."""
         if not self.sweeping:
             return []
         now = self.clock()
@@ -434,6 +456,8 @@ class InventoryCore:
         changed = []
         for entry in self.nodes.values():
             if entry.state == NodeState.READY and entry.last_seen < deadline:
+                if entry.relayed and self.relay_at.get(entry.pool_id, float("-inf")) < deadline:
+                    continue  # its pool's relay is down (restarting): unknown, not dead
                 missed = now - entry.last_seen
                 if self.transition(entry.id, NodeState.UNHEALTHY, f"no heartbeat for {missed:.1f}s"):
                     changed.append(entry.id)

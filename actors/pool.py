@@ -55,8 +55,8 @@ class RayInventory:
     async def transition(self, node_id: str, state: NodeState, reason: str | None) -> bool:
         return bool(await self.handle.transition.remote(node_id, str(state), reason))
 
-    async def heartbeats(self, beats: list[dict[str, Any]]) -> list[Any]:
-        return list(await self.handle.heartbeats.remote(beats))
+    async def relay_health(self, pool_id: str, beats: list[dict[str, Any]], first: bool) -> list[Any]:
+        return list(await self.handle.heartbeats.remote(beats, relay_pool=pool_id, first_relay=first))
 
     async def node_load(self, node_ids: list[str]) -> dict[str, int]:
         return dict(await self.handle.node_load.remote(node_ids))

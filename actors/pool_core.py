@@ -61,7 +61,7 @@ class InventoryPort(Protocol):
     async def register(self, info: dict[str, Any]) -> None: ...
     async def register_many(self, infos: list[dict[str, Any]]) -> None: ...
     async def transition(self, node_id: str, state: NodeState, reason: str | None) -> bool: ...
-    async def heartbeats(self, beats: list[dict[str, Any]]) -> list[Any]: ...
+    async def relay_health(self, pool_id: str, beats: list[dict[str, Any]], first: bool) -> list[Any]: ...
     async def node_load(self, node_ids: list[str]) -> dict[str, int]: ...
 
 
@@ -121,6 +121,7 @@ class PoolManager:
         self._lock = asyncio.Lock()
         self._health: dict[str, NodeHealth] = {}  # last provider-reported health (reports_health adapters)
         self._health_tasks: list[asyncio.Task[None]] = []
+        self._relayed = False  # a relay of provider health reached the inventory since this actor started
         self._load: dict[str, int] = {}  # in-flight requests of the draining nodes (from the inventory)
         self._load_at = -1e18
         self._load_lock = asyncio.Lock()
@@ -189,7 +190,7 @@ class PoolManager:
         while True:
             await self.sleep(self.heartbeat_interval_s)
             try:
-                await self._send_health(list(self._health.values()))
+                await self._send_health(list(self._health.values()), alive=True)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -204,8 +205,10 @@ class PoolManager:
             self._health.pop(gone, None)
         await self._send_health(fresh)
 
-    async def _send_health(self, items: list[NodeHealth]) -> None:
-        if not items:
+    async def _send_health(self, items: list[NodeHealth], alive: bool = False) -> None:
+        """alive: the interval's relay, sent even empty (the inventory then knows this pool's relay is up and
+        does not take the silence of a restarting pool actor for the death of its nodes)."""
+        if not items and not alive:
             return
         beats = [
             {
@@ -218,7 +221,8 @@ class PoolManager:
             }
             for h in items
         ]
-        await self.inventory.heartbeats(beats)
+        await self.inventory.relay_health(self.pool.id, beats, not self._relayed)
+        self._relayed = True
 
     def _info(self, rec: NodeRecord, workload: WorkloadSpec | None = None) -> dict[str, Any]:
         info: dict[str, Any] = {

@@ -266,8 +266,8 @@ class FakeInventory:
         self.flush()
         return res
 
-    async def heartbeats(self, beats: list[dict[str, Any]]) -> list[Any]:
-        results = self.core.heartbeat_batch(Heartbeat(**b) for b in beats)
+    async def relay_health(self, pool_id: str, beats: list[dict[str, Any]], first: bool) -> list[Any]:
+        results = self.core.relay(pool_id, (Heartbeat(**b) for b in beats), first)
         self.flush()
         return [(int(r.status), r.node_id, r.message) for r in results]
 

@@ -385,6 +385,46 @@ def test_sweep_marks_unhealthy_exactly_after_the_timeout(core: InventoryCore, cl
     assert core.sweep() == []  # already unhealthy: nothing more
 
 
+def _relayed_pair(core: InventoryCore) -> None:
+    """Two ready nodes of pool-1 whose health the pool relays (a provider that reports health)."""
+    for nid in ("a", "b"):
+        add(core, nid, endpoint=f"http://{nid}:8000")
+    assert [r.status for r in core.relay("pool-1", [beat("a"), beat("b")], first=True)] == [HeartbeatStatus.OK] * 2
+    assert core.nodes["a"].state == core.nodes["b"].state == N.READY and core.nodes["a"].relayed
+
+
+def test_a_silent_relay_is_a_restarting_pool_not_dead_nodes(core: InventoryCore, clock: FakeClock) -> None:
+    _relayed_pair(core)
+    clock.advance(TIMEOUT * 4)  # the pool actor is down: nobody relays
+    assert core.sweep() == []
+    assert sorted(r["node_id"] for r in core.routing_table()["models"]["m"]) == ["a", "b"]
+    # the restarted pool's first relay: what it did not report yet counts from now
+    core.relay("pool-1", [beat("a")], first=True)
+    clock.advance(TIMEOUT - 1)
+    core.relay("pool-1", [beat("a")])
+    assert core.sweep() == []
+    clock.advance(1.5)  # b is still missing from a relay that is alive: now it is unhealthy
+    core.relay("pool-1", [beat("a")])
+    assert core.sweep() == ["b"]
+    assert [r["node_id"] for r in core.routing_table()["models"]["m"]] == ["a"]
+
+
+def test_an_alive_relay_without_a_node_marks_it(core: InventoryCore, clock: FakeClock) -> None:
+    """The pool's watch failed (it relays nothing, but it relays): its nodes go unhealthy after the timeout."""
+    _relayed_pair(core)
+    for _ in range(4):
+        clock.advance(TIMEOUT / 3)
+        core.relay("pool-1", [])
+    assert sorted(core.sweep()) == ["a", "b"]
+
+
+def test_a_relay_of_another_pool_does_not_keep_a_silent_pool_swept(core: InventoryCore, clock: FakeClock) -> None:
+    _relayed_pair(core)
+    clock.advance(TIMEOUT * 2)
+    core.relay("pool-2", [], first=True)
+    assert core.sweep() == []
+
+
 def test_heartbeats_keep_a_node_ready(core: InventoryCore, clock: FakeClock) -> None:
     ready_node(core)
     for _ in range(10):
