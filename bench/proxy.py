@@ -130,7 +130,8 @@ async def _client(url: str, body: bytes, token: str, seconds: float, conc: int, 
 # ---------------------------------------------------------------- the upstream client choice
 def relay(client: str, port: int, upstream: str) -> None:
     """A minimal raw-ASGI relay on uvicorn: POST body -> upstream, answer back; with httpx (tuned: a
-    connection pool as large as the load, no proxy lookup) or aiohttp (the proxy's settings)."""
+    connection pool as large as the load, no proxy lookup), aiohttp (tuned the same way) or the proxy's own
+    (serve_app/upstream.py)."""
     import uvicorn
 
     state: dict[str, Any] = {}
@@ -145,7 +146,19 @@ def relay(client: str, port: int, upstream: str) -> None:
             body += message.get("body", b"")
         url = upstream + scope["path"]
         headers = {"content-type": "application/json"}
-        if client == "httpx":
+        if client == "inferia":
+            from serve_app.upstream import UpstreamClient, target
+
+            c = state.get("c")
+            if c is None:
+                c = state["c"] = UpstreamClient()
+            to = state.get(scope["path"]) or state.setdefault(scope["path"], target(upstream, scope["path"]))
+            r = await c.post(to, body)
+            try:
+                status, data, ct = r.status, await r.read(), r.headers.get("content-type", "")
+            finally:
+                r.release()
+        elif client == "httpx":
             import httpx
 
             c = state.get("c")
@@ -176,7 +189,7 @@ def relay(client: str, port: int, upstream: str) -> None:
 def clients(direct: Target, seconds: float, use_wrk: bool) -> dict[str, dict[str, float]]:
     """The same relay with each client in front of the direct engine, at 16 connections."""
     out: dict[str, dict[str, float]] = {}
-    for name in ("httpx", "aiohttp"):
+    for name in ("httpx", "aiohttp", "inferia"):
         port = free_port()
         cmd = [sys.executable, "-m", "bench.proxy", "--relay", name, "--relay-port", str(port), "--body", direct.url]
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -451,6 +464,9 @@ def report(
         )
     if {"httpx", "aiohttp"} <= set(client_choice):
         print(f"aiohttp / httpx = {_ratio(client_choice['aiohttp'], client_choice['httpx']):.1f}x")
+    if {"inferia", "aiohttp"} <= set(client_choice):
+        ours = _ratio(client_choice["inferia"], client_choice["aiohttp"])
+        print(f"inferia (serve_app/upstream.py) / aiohttp = {ours:.2f}x")
     for conc in concs:
         for stream in (False, True):
             kind = "streamed (total)" if stream else "non-streamed"

@@ -6,9 +6,10 @@ deployment's routed replicas, POST the body unchanged (re-encoded only when the 
 under another name) with the engine key, and relay the answer: whole with its Content-Length, or an event
 stream chunk by chunk as the engine writes it. The answer is never decoded.
 
-Upstream: one aiohttp session (chosen by measurement, docs/PERFORMANCE.md), keep-alive connections per engine
-bounded by `max_connections_per_engine`, idle ones closed after `keepalive_s` (below the usual engine
-keep-alive of 5 s, so the proxy closes idle connections before the engine does).
+Upstream: serve_app/upstream.py (chosen by measurement over aiohttp and httpx, docs/PERFORMANCE.md): keep-alive
+connections per engine bounded by `max_connections_per_engine`, idle ones closed after `keepalive_s` (below the
+usual engine keep-alive of 5 s, so the proxy stops using a connection before the engine closes it), one write
+per request, answers parsed by httptools.
 
 Failover: only when the request certainly never reached an engine (the connection could not be made:
 refused, unreachable, connect timeout), up to MAX_ATTEMPTS replicas. Once a request was sent, a failure
@@ -32,15 +33,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-from yarl import URL
-
 from serve_app import openai_errors as oe
 from serve_app.balancer import Balancer
 from serve_app.hold import HoldQueue
 from serve_app.inference_keys import DeploymentKey, KeyIndex
 from serve_app.openai_errors import OpenAIError
 from serve_app.routing_cache import RoutingCache
+from serve_app.upstream import ConnectFailed, Response, Target, UpstreamClient, UpstreamLost, UpstreamTimeout, target
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,6 @@ Waiting = Callable[[str | None, int], None]  # deployment, +1 sent / -1 answer h
 RateCheck = Callable[[str], Awaitable[None]]  # deployment id; raises an OpenAIError (429) over its limit
 
 _ADMIN = DeploymentKey("", "", "", None)  # the grant of the admin token: every replica of the model
-_CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 _JSON_CT = (b"content-type", b"application/json")
 
 
@@ -122,31 +120,17 @@ class InferenceProxy:
         self.failures_total = 0  # connection failures (each one failed over when another replica was left)
         self.timeouts_total = 0
         self.client_gone_total = 0
-        self._client: aiohttp.ClientSession | None = None
+        s = self.settings
+        self.upstream = UpstreamClient(
+            s.connect_timeout_s, s.read_timeout_s, s.max_connections_per_engine, s.keepalive_s
+        )
         self._table: dict[str, Any] | None = None
         self._by_deployment: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        self._urls: dict[tuple[str, str], URL] = {}
-
-    # ------------------------------------------------------------ upstream client
-    def client(self) -> aiohttp.ClientSession:
-        if self._client is None or self._client.closed:
-            s = self.settings
-            connector = aiohttp.TCPConnector(
-                limit=0, limit_per_host=s.max_connections_per_engine, keepalive_timeout=s.keepalive_s
-            )
-            self._client = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout_s, sock_read=s.read_timeout_s),
-                auto_decompress=False,  # the answer is relayed as the engine sent it
-                cookie_jar=aiohttp.DummyCookieJar(),
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
-                trust_env=False,
-            )
-        return self._client
+        self._targets: dict[tuple[str, str], Target] = {}
+        self._auth: dict[str, bytes] = {}  # engine key -> its Authorization header value
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
+        await self.upstream.close()
 
     # ------------------------------------------------------------ routing
     def _index(self) -> dict[str, list[dict[str, Any]]]:
@@ -157,7 +141,7 @@ class InferenceProxy:
             for model, entries in table["models"].items():
                 for e in entries:
                     by_dep.setdefault((model, e.get("deployment_id") or ""), []).append(e)
-            self._by_deployment, self._urls, self._table = by_dep, {}, table
+            self._by_deployment, self._targets, self._table = by_dep, {}, table
         models: dict[str, list[dict[str, Any]]] = table["models"]
         return models
 
@@ -167,11 +151,21 @@ class InferenceProxy:
         """Power of two choices on load, or the session's replica within a load bound (serve_app/balancer.py)."""
         return self.balancer.pick(candidates, tried, session)
 
-    def _url(self, endpoint: str, path: str) -> URL:
-        url = self._urls.get((endpoint, path))
-        if url is None:
-            url = self._urls[(endpoint, path)] = URL(endpoint.rstrip("/") + path)
-        return url
+    def _target(self, endpoint: str, path: str) -> Target:
+        to = self._targets.get((endpoint, path))
+        if to is None:
+            to = self._targets[(endpoint, path)] = target(endpoint, path)
+        return to
+
+    def _authorization(self, engine_key: str | None) -> bytes | None:
+        if not engine_key:
+            return None
+        value = self._auth.get(engine_key)
+        if value is None:
+            if len(self._auth) > 4096:
+                self._auth.clear()
+            value = self._auth[engine_key] = b"Bearer " + engine_key.encode("latin-1")
+        return value
 
     def _acquire(self, node: str) -> None:
         self.outstanding[node] = self.outstanding.get(node, 0) + 1
@@ -364,11 +358,8 @@ class InferenceProxy:
         could not be made (the request never left: safe to try another replica)."""
         node = ep["node_id"]
         dep = dk.deployment_id or ep.get("deployment_id")
-        headers = {"Content-Type": "application/json"}
-        if dk.engine_key:
-            headers["Authorization"] = "Bearer " + dk.engine_key
         s = self.settings
-        resp: aiohttp.ClientResponse | None = None
+        resp: Response | None = None
         complete = False
         self._acquire(node)
         waiting = self.waiting
@@ -376,39 +367,38 @@ class InferenceProxy:
             waiting(dep, 1)
         try:
             try:
-                resp = await self.client().request("POST", self._url(ep["endpoint"], path), data=body, headers=headers)
-            except _CONNECT_ERRORS as exc:
+                to = self._target(ep["endpoint"], path)
+                resp = await self.upstream.post(to, body, self._authorization(dk.engine_key))
+            except ConnectFailed as exc:
                 self.failures_total += 1
-                why = f"{type(exc).__name__} from node {node}"
+                why = f"{exc} from node {node}"
                 log.warning("proxy: %s (trying another replica)", why)
                 return why
-            except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            except UpstreamTimeout as exc:
                 self.timeouts_total += 1
                 raise oe.upstream_timeout(model, s.read_timeout_s) from exc
-            except (aiohttp.ClientError, OSError) as exc:  # sent, then lost: the engine may have run it
-                raise oe.upstream_unavailable(model, f"{type(exc).__name__} from node {node}") from exc
+            except UpstreamLost as exc:  # sent, then lost: the engine may have run it
+                raise oe.upstream_unavailable(model, f"{exc} from node {node}") from exc
             finally:
                 if waiting is not None:
                     waiting(dep, -1)
-            headers_out = [
-                (b"content-type", resp.headers.get("Content-Type", "application/json").encode("latin-1")),
-                (b"x-inferia-node", node.encode()),
-            ]
-            retry_after = resp.headers.get("Retry-After")
+            ctype = resp.headers.get("content-type", "application/json")
+            headers_out = [(b"content-type", ctype.encode("latin-1")), (b"x-inferia-node", node.encode())]
+            retry_after = resp.headers.get("retry-after")
             if retry_after:
                 headers_out.append((b"retry-after", retry_after.encode("latin-1")))
-            if stream and resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+            if stream and ctype.startswith("text/event-stream"):
                 complete = await self._relay_stream(call, resp, headers_out, model, dep, t0)
                 return None
             try:
                 data = await resp.read()
-            except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            except UpstreamTimeout as exc:
                 self.timeouts_total += 1
                 raise oe.upstream_timeout(model, s.read_timeout_s) from exc
-            except (aiohttp.ClientError, OSError) as exc:
-                raise oe.upstream_unavailable(model, f"{type(exc).__name__} from node {node}") from exc
+            except UpstreamLost as exc:
+                raise oe.upstream_unavailable(model, f"{exc} from node {node}") from exc
             complete = True
-            headers_out.append((b"content-length", str(len(data)).encode()))
+            headers_out.append((b"content-length", b"%d" % len(data)))
             call.done = True
             call.started = True
             await call.send({"type": "http.response.start", "status": resp.status, "headers": headers_out})
@@ -433,7 +423,7 @@ class InferenceProxy:
     async def _relay_stream(
         self,
         call: _Call,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         headers: list[tuple[bytes, bytes]],
         model: str,
         dep: str | None,
@@ -446,15 +436,15 @@ class InferenceProxy:
         ttft: float | None = None
         error: OpenAIError | None = None
         try:
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.chunks():
                 if ttft is None:
                     ttft = time.perf_counter() - t0
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (aiohttp.ServerTimeoutError, TimeoutError):
+        except UpstreamTimeout:
             self.timeouts_total += 1
             error = oe.upstream_timeout(model, self.settings.read_timeout_s)
-        except (aiohttp.ClientError, OSError) as exc:
-            error = oe.upstream_unavailable(model, f"{type(exc).__name__} mid-stream")
+        except UpstreamLost as exc:
+            error = oe.upstream_unavailable(model, f"{exc} mid-stream")
         call.done = True
         if error is not None:  # the status is sent: tell the client in the stream (the openai client raises it)
             event = b"data: " + json.dumps(error.body()).encode() + b"\n\n"
