@@ -1,7 +1,7 @@
 """The API replica's event loop: Ray's own (uvloop) main loop, no second thread.
 
 By default Serve runs a replica's code on a loop of its own (`asyncio.new_event_loop()`, the default asyncio
-loop) in a second thread, so every request of the data port's uvicorn server and the proxy's aiohttp client
+loop) in a second thread, so every request of the data port's uvicorn server and the proxy's upstream client
 also hands the GIL between that thread and Ray's. Measured in bench/proxy.py on the 2-core machine (c16,
 non-streamed; docs/PERFORMANCE.md): 1,131 req/s as Serve starts it, 1,796 with uvloop in that thread,
 3,480 with the replica's code on Ray's main loop (`RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0` in the
