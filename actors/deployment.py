@@ -155,6 +155,7 @@ class DeploymentActor:
             self._round_done(t0, 0)
             return
         self.quiet.invalidate()
+        await self._stop_deleted(deps)
         nodes = self.mirror.nodes()
         scaling = [d.id for d in deps.values() if d.autoscaling]
         if scaling:  # issue 11: targets follow the load (autoscale_runner.py)
@@ -214,6 +215,18 @@ class DeploymentActor:
         updating = any(d.state == DeploymentState.UPDATING for d in deps.values())
         self.quiet.ran(seen, steady=not actions and not self.planner.time_bound and not scaling and not updating)
         self._round_done(t0, changes)
+
+    async def _stop_deleted(self, deps: dict[str, DeploymentRecord]) -> None:
+        """A deployment marked for deletion and still active goes to stopping (the API sets it too, but its
+        compare-and-set loses when this actor moved the state in between, e.g. degraded -> running)."""
+        assert self.store is not None
+        for dep in list(deps.values()):
+            if not dep.delete_requested or dep.state in DEPLOYMENT_DELETABLE or dep.state == DeploymentState.STOPPING:
+                continue
+            new = await self.store.cas_deployment(dep.id, [dep.state], DeploymentState.STOPPING)
+            if new is not None:
+                log.info("deployment %s: %s -> stopping (delete requested)", dep.id, dep.state)
+                deps[dep.id] = new
 
     async def _finish_deletes(self, deps: dict[str, DeploymentRecord], nodes: list[dict[str, Any]]) -> None:
         """A deployment marked for deletion goes once it is stopped/failed and none of its nodes is left."""

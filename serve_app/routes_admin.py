@@ -619,8 +619,13 @@ async def delete_deployment(dep_id: str, request: Request, response: Response) -
     store = store_of(request)
     d = await _dep(store, dep_id)
     await store.request_delete(d.id)
-    if d.state not in DEPLOYMENT_DELETABLE and d.state != D.STOPPING:
-        await store.cas_deployment(d.id, [d.state], D.STOPPING)
+    for _ in range(5):  # the reconciler may move the state between the read and the write: read again
+        if d.state in DEPLOYMENT_DELETABLE or d.state == D.STOPPING:
+            break
+        if await store.cas_deployment(d.id, [d.state], D.STOPPING) is not None:
+            d.state = D.STOPPING
+            break
+        d = await _dep(store, dep_id)  # (and the reconciler stops a deployment marked for deletion itself)
     await call(ctx_of(request).deployments().notify.remote(), 30)
     return {
         "id": d.id,

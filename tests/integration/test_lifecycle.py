@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import ray
@@ -122,6 +123,24 @@ def test_no_deployment_lands_on_a_pool_being_deleted(control_plane: ControlPlane
         else:
             api.delete_deployment(deps[0]["id"])
     print(f"\nFIGURES race_outcomes={sorted(outcomes)}")
+
+
+def test_a_delete_whose_stop_lost_the_race_still_deletes(control_plane: ControlPlane, api: Client) -> None:
+    """DELETE marks the deployment and moves it to stopping by compare-and-set from the state it read; when the
+    reconciler moved the state in between (degraded -> running: found by CI), the mark alone is left. The
+    reconciler then stops and deletes it itself."""
+    assert control_plane.cfg is not None
+    _name, _pool, dep = _deploy(api, replicas=1)
+
+    async def mark_only() -> None:  # what a lost compare-and-set leaves: the mark, the state unchanged
+        conn = await asyncpg.connect(control_plane.cfg.dsn)  # type: ignore[union-attr]
+        try:
+            await conn.execute("UPDATE model_deployments SET delete_requested = true WHERE id = $1", dep["id"])
+        finally:
+            await conn.close()
+
+    asyncio.run(mark_only())
+    cpl.wait_for(lambda: not any(d["id"] == dep["id"] for d in api.list_deployments()), 60, what="deleted")
 
 
 def test_a_deleting_pool_refuses_nodes_with_409(control_plane: ControlPlane, api: Client) -> None:
