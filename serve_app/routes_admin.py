@@ -591,7 +591,7 @@ async def _transition(request: Request, dep_id: str, frm: set[DeploymentState], 
         raise ApiError(409, "invalid_state", f"deployment {dep_id} is {d.state}; cannot go to {to}")
     if to == D.DEPLOYING:
         await call(ctx_of(request).deployments().reset.remote(d.id), 30)
-    updated = await store.cas_deployment(d.id, [d.state], to)
+    updated = await store.cas_deployment(d.id, frm, to)  # from any allowed state: the reconciler moves between them
     if updated is None:
         raise ApiError(409, "conflict", f"deployment {dep_id} changed concurrently; retry")
     await call(ctx_of(request).deployments().notify.remote(), 30)
@@ -619,13 +619,10 @@ async def delete_deployment(dep_id: str, request: Request, response: Response) -
     store = store_of(request)
     d = await _dep(store, dep_id)
     await store.request_delete(d.id)
-    for _ in range(5):  # the reconciler may move the state between the read and the write: read again
-        if d.state in DEPLOYMENT_DELETABLE or d.state == D.STOPPING:
-            break
-        if await store.cas_deployment(d.id, [d.state], D.STOPPING) is not None:
-            d.state = D.STOPPING
-            break
-        d = await _dep(store, dep_id)  # (and the reconciler stops a deployment marked for deletion itself)
+    # from whichever active state it is in now (the reconciler moves it between them, e.g. degraded -> running,
+    # so not from the state read above); the reconciler also stops a deployment marked for deletion itself
+    if (stopped := await store.cas_deployment(d.id, DEPLOYMENT_ACTIVE, D.STOPPING)) is not None:
+        d = stopped
     await call(ctx_of(request).deployments().notify.remote(), 30)
     return {
         "id": d.id,
