@@ -454,13 +454,20 @@ class InventoryCore:
         now = self.clock()
         deadline = now - self.timeout
         changed = []
+        relaying: set[str] = set()  # the pools that some relayed node still belongs to
         for entry in self.nodes.values():
+            if entry.relayed:
+                relaying.add(entry.pool_id)
             if entry.state == NodeState.READY and entry.last_seen < deadline:
                 if entry.relayed and self.relay_at.get(entry.pool_id, float("-inf")) < deadline:
                     continue  # its pool's relay is down (restarting): unknown, not dead
                 missed = now - entry.last_seen
                 if self.transition(entry.id, NodeState.UNHEALTHY, f"no heartbeat for {missed:.1f}s"):
                     changed.append(entry.id)
+        # bounded: a silent pool none of whose nodes is left (deleted, or emptied) is forgotten; it comes back
+        # with its next relay
+        for pool_id in [p for p, at in self.relay_at.items() if at < deadline and p not in relaying]:
+            del self.relay_at[pool_id]
         return changed
 
     # ------------------------------------------------------------ routing table

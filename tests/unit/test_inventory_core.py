@@ -425,6 +425,26 @@ def test_a_relay_of_another_pool_does_not_keep_a_silent_pool_swept(core: Invento
     assert core.sweep() == []
 
 
+def test_a_silent_pool_without_nodes_is_forgotten(core: InventoryCore, clock: FakeClock) -> None:
+    """relay_at is bounded: a pool whose relayed nodes are gone and that went silent leaves it; one that
+    still has a relayed node (restarting) or still relays stays."""
+    _relayed_pair(core)
+    core.relay("pool-2", [], first=True)
+    core.relay("pool-3", [], first=True)
+    core.forget("a")
+    core.forget("b")
+    clock.advance(TIMEOUT / 2)
+    core.relay("pool-3", [])
+    assert core.sweep() == [] and set(core.relay_at) == {"pool-1", "pool-2", "pool-3"}
+    clock.advance(TIMEOUT * 0.75)
+    core.relay("pool-3", [])
+    core.sweep()
+    assert set(core.relay_at) == {"pool-3"}  # pool-1 (its nodes forgotten) and pool-2 silent past the timeout
+    _relayed_pair(core)  # pool-1 relays again: back
+    clock.advance(TIMEOUT * 3)
+    assert core.sweep() == [] and "pool-1" in core.relay_at  # silent, but its nodes are still there
+
+
 def test_heartbeats_keep_a_node_ready(core: InventoryCore, clock: FakeClock) -> None:
     ready_node(core)
     for _ in range(10):
