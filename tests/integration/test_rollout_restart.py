@@ -47,6 +47,8 @@ def test_update_resumes_after_a_crash(cp_proc: ControlPlaneProcess) -> None:
         pool_id = pool["id"]
         dep_id = api.deploy(f"rc-{tag}", pool["name"], replicas=REPLICAS)["id"]
         wait_converged(api, data_dir, [pool_id], [dep_id], timeout=90)
+        # every instance up is not yet `running` (the next round says so); an update waits for it (found by CI)
+        api.wait_deployment(dep_id, timeout=60, poll=0.1)
         upd = api.update_deployment(dep_id, args=[*model["args"], "--tag", "B"], max_surge=1)
         assert upd["generation"] == 2
 
