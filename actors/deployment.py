@@ -221,7 +221,7 @@ class DeploymentActor:
         compare-and-set loses when this actor moved the state in between, e.g. degraded -> running)."""
         assert self.store is not None
         for dep in list(deps.values()):
-            if not dep.delete_requested or dep.state in DEPLOYMENT_DELETABLE or dep.state == DeploymentState.STOPPING:
+            if not dep.delete_requested or dep.state not in DEPLOYMENT_ACTIVE:
                 continue
             new = await self.store.cas_deployment(dep.id, [dep.state], DeploymentState.STOPPING)
             if new is not None:

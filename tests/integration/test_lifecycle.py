@@ -126,9 +126,9 @@ def test_no_deployment_lands_on_a_pool_being_deleted(control_plane: ControlPlane
 
 
 def test_a_delete_whose_stop_lost_the_race_still_deletes(control_plane: ControlPlane, api: Client) -> None:
-    """DELETE marks the deployment and moves it to stopping by compare-and-set from the state it read; when the
-    reconciler moved the state in between (degraded -> running: found by CI), the mark alone is left. The
-    reconciler then stops and deletes it itself."""
+    """DELETE marks the deployment, then moves it to stopping by compare-and-set. Before, that CAS was from the
+    state it had read, and lost when the reconciler moved the state in between (degraded -> running: found by
+    CI), leaving the mark alone. The mark alone is enough now: the reconciler stops and deletes it itself."""
     assert control_plane.cfg is not None
     _name, _pool, dep = _deploy(api, replicas=1)
 
