@@ -13,8 +13,9 @@ a note otherwise: it is not a dependency of this project).
 - non-streamed and streamed chat completions at each concurrency with wrk (Debian's C load generator,
   `apt-get install wrk`; without it an asyncio load generator in a separate process is used, and the
   output says so): requests/s, p50, p99, errors, and the server-side CPU per 1,000 requests;
-- time to first byte of paced streams (a second engine writes one event every --chunk-ms) from the
-  asyncio load generator in its own process: direct vs data port;
+- time to first byte of paced streams (a second engine writes one event every --chunk-ms), the engine
+  direct and the data port taking turns in short paired rounds (bench/ttfb.py, its own process): one
+  stream, 16 streams whose starts are spread over a stream's length, 16 streams in lockstep;
 - --streams streams held open through the data port at once: the API replica's memory before and while
   they are held, and whether all of them completed.
 """
@@ -38,6 +39,7 @@ from typing import Any
 import psutil
 
 from bench.heartbeats import _run_wrk
+from bench.ttfb import measure as ttfb_rounds
 from controller.services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,6 +309,7 @@ def main() -> None:
     ap.add_argument("--concurrency", default="16,256")
     ap.add_argument("--streams", type=int, default=1000, help="streams held open at once through the data port")
     ap.add_argument("--chunk-ms", type=float, default=20.0, help="pace of the paced streams (TTFB, held streams)")
+    ap.add_argument("--ttfb-rounds", type=int, default=8, help="paired rounds per TTFB case (bench/ttfb.py)")
     ap.add_argument("--litellm", default=None, help="a litellm executable (another venv) when not importable here")
     ap.add_argument("--client", default=None, help=argparse.SUPPRESS)  # the load generator's own process
     ap.add_argument("--body", default="{}", help=argparse.SUPPRESS)
@@ -392,14 +395,15 @@ def run(args: argparse.Namespace) -> None:
                 for stream in (False, True):
                     for p in paths:
                         results[(p.name, stream, conc)] = measure(p, stream, args.seconds, conc, use_wrk)
-            # time to first byte of paced streams, from the asyncio generator (its own process)
-            ttfb: dict[str, dict[str, float]] = {}
-            for name, url, token in (
-                ("engine direct", paced_url, None),
-                ("ours, data port", cp.data_url, dep_paced["inference_key"]),
-            ):
-                body = {"model": "bench-paced", "messages": MESSAGES, "stream": True}
-                ttfb[name] = pyload(url + CHAT, body, token, args.seconds, 16)
+            # time to first byte of paced streams: the engine direct and the data port in paired rounds
+            # (bench/ttfb.py, its own process): one stream, 16 with starts spread over a stream's length
+            # (independent clients), 16 in lockstep (a burst of 16 requests at each start)
+            ttfb: dict[str, dict[str, Any]] = {}
+            pair = [("engine direct", paced_url, ""), ("ours, data port", cp.data_url, dep_paced["inference_key"])]
+            body = {"model": "bench-paced", "messages": MESSAGES, "stream": True}
+            stream_s = words * args.chunk_ms / 1000
+            for case, conc, spread in (("1 stream", 1, 0.0), ("16, spread", 16, stream_s), ("16, lockstep", 16, 0.0)):
+                ttfb[case] = ttfb_rounds(pair, body, conc, args.ttfb_rounds, spread_s=spread)
             held = hold_streams(cp.data_url, dep_paced["inference_key"], args.streams, replica)
         finally:
             cp.stop()
@@ -444,7 +448,7 @@ def report(
     use_wrk: bool,
     concs: list[int],
     results: dict[tuple[str, bool, int], dict[str, float]],
-    ttfb: dict[str, dict[str, float]],
+    ttfb: dict[str, dict[str, Any]],
     held: dict[str, float],
     with_litellm: bool,
     client_choice: dict[str, dict[str, float]],
@@ -490,16 +494,17 @@ def report(
             if conc == 16 and not stream:
                 print(f"target: data port >= 2,000 req/s at c16: {'met' if o['req_s'] >= 2000 else 'MISSED'}")
     if ttfb:
-        print(f"\n== time to first byte, paced streams ({args.chunk_ms:g} ms between events), 16 connections")
-        for name, r in ttfb.items():
-            print(
-                f"{name:<18} TTFB p50 {r['ttfb_p50_ms']:.2f} ms  p99 {r['ttfb_p99_ms']:.2f} ms;"
-                f" total p50 {r['p50_ms']:.1f} ms; {r['req_s']:.0f} streams/s; errors {r['errors']:.0f}"
-            )
-        dd, oo = ttfb["engine direct"], ttfb["ours, data port"]
         print(
-            f"TTFB through the proxy - engine's own (p50) = {oo['ttfb_p50_ms'] - dd['ttfb_p50_ms']:.2f} ms (goal <= 1)"
+            f"\n== time to first byte, paced streams ({args.chunk_ms:g} ms between events), the engine direct and"
+            f" the data port in {args.ttfb_rounds} paired rounds (bench/ttfb.py)"
         )
+        for case, pair in ttfb.items():
+            dd, oo = pair["engine direct"], pair["ours, data port"]
+            print(
+                f"{case:<13} direct p50 {dd['p50_ms']:.2f} ms p99 {dd['p99_ms']:.2f} | data port p50 {oo['p50_ms']:.2f}"
+                f" ms p99 {oo['p99_ms']:.2f} | {oo['samples']} streams, {oo['errors']} errors |"
+                f" over the engine's own (median of paired round p50s): {oo['paired_p50_ms']:+.2f} ms (goal <= 1)"
+            )
     if held:
         per = (held["rss_held_mib"] - held["rss_before_mib"]) * 1024 / max(held["held"], 1)
         print(
