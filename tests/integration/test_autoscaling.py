@@ -71,9 +71,12 @@ class Load:
                     self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def set_workers(self, n: int) -> None:
-        while len(self._threads) > n:
-            t, stop = self._threads.pop()
+        # every extra worker is told to stop first, then joined: the load drops at once, not one request
+        # after another (each worker ends its request in flight)
+        extra = [self._threads.pop() for _ in range(max(0, len(self._threads) - n))]
+        for _, stop in extra:
             stop.set()
+        for t, _ in extra:
             t.join(60)
         while len(self._threads) < n:
             stop = threading.Event()
@@ -121,8 +124,8 @@ def test_ramp_from_zero_up_to_three_down_to_one_then_zero_without_a_failed_reque
         assert d["autoscaler"] and d["autoscaler"]["desired"] == 3, d["autoscaler"]
 
         # one client: back to 1, one step per downscale delay, draining (no request cut)
+        t_low = time.monotonic()  # before: the load starts dropping as soon as the workers are told to stop
         load.set_workers(1)
-        t_low = time.monotonic()
         cpl.wait_for(lambda: api.get_deployment(dep_id)["desired_replicas"] == 2, 30, what="target 2")
         first_step_s = time.monotonic() - t_low
         cpl.wait_for(lambda: api.get_deployment(dep_id)["desired_replicas"] == 1, 30, what="target 1")
