@@ -38,7 +38,7 @@ from typing import Any
 
 import psutil
 
-from bench.heartbeats import _run_wrk
+from bench.heartbeats import _pct, _run_wrk
 from bench.ttfb import measure as ttfb_rounds
 from controller.services import free_port
 
@@ -65,11 +65,6 @@ def pyload(url: str, body: dict[str, Any], token: str | None, seconds: float, co
         raise RuntimeError(f"load generator failed:\n{out.stderr[-2000:]}")
     res: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return res
-
-
-def _pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(len(xs) * p))] * 1000 if xs else float("nan")
 
 
 async def _client(url: str, body: bytes, token: str, seconds: float, conc: int, hold: int) -> dict[str, float]:
@@ -121,10 +116,10 @@ async def _client(url: str, body: bytes, token: str, seconds: float, conc: int, 
         took = time.monotonic() - t0
     return {
         "req_s": len(total) / took,
-        "p50_ms": _pct(total, 0.5),
-        "p99_ms": _pct(total, 0.99),
-        "ttfb_p50_ms": _pct(ttfb, 0.5),
-        "ttfb_p99_ms": _pct(ttfb, 0.99),
+        "p50_ms": _pct(total, 0.5) * 1000,
+        "p99_ms": _pct(total, 0.99) * 1000,
+        "ttfb_p50_ms": _pct(ttfb, 0.5) * 1000,
+        "ttfb_p99_ms": _pct(ttfb, 0.99) * 1000,
         "errors": float(errors),
     }
 

@@ -29,12 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.heartbeats import _pct
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(len(xs) * p))] * 1000 if xs else float("nan")
 
 
 async def _rounds(
@@ -86,7 +83,7 @@ async def _rounds(
             for name, url, token in targets if r % 2 == 0 else list(reversed(targets)):
                 got = await run_round(name, url, token, round_s)
                 samples[name] += got
-                per_round[name].append(_pct(got, 0.5))
+                per_round[name].append(_pct(got, 0.5) * 1000)
     finally:
         for s in sessions.values():
             await s.close()
@@ -101,8 +98,8 @@ def summarize(
     out: dict[str, Any] = {}
     for name in names:
         out[name] = {
-            "p50_ms": _pct(samples[name], 0.5),
-            "p99_ms": _pct(samples[name], 0.99),
+            "p50_ms": _pct(samples[name], 0.5) * 1000,
+            "p99_ms": _pct(samples[name], 0.99) * 1000,
             "samples": len(samples[name]),
             "errors": errors[name],
             "round_p50_ms": per_round[name],
