@@ -29,6 +29,7 @@ from serve_app import (
 )
 from serve_app.context import AppContext
 from serve_app.errors import ApiError
+from serve_app.http_protocol import CoalescingHttpToolsProtocol
 from serve_app.proxy import MAX_BODY_BYTES, PROXY_PATHS
 
 log = logging.getLogger(__name__)
@@ -197,8 +198,14 @@ class ApiIngress:
         if rc.data_port:
             sock = bind_reusable(rc.api_host, rc.data_port)
             # no proxy headers: clients are agents, gateways and SDKs (and the parsing costs per request)
+            # the protocol sends each loop turn's writes at once: an answer's head and body in one send
             config = uvicorn.Config(
-                DataPortApp(app), log_level="warning", access_log=False, lifespan="off", proxy_headers=False
+                DataPortApp(app),
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                proxy_headers=False,
+                http=CoalescingHttpToolsProtocol,
             )
             self._data_server = uvicorn.Server(config)
             self._data_task = asyncio.get_running_loop().create_task(self._data_server.serve(sockets=[sock]))

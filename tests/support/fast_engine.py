@@ -192,15 +192,15 @@ def _config(app: Any, **kw: Any) -> uvicorn.Config:
     return uvicorn.Config(app, log_level="critical", access_log=False, lifespan="off", interface="asgi3", **kw)
 
 
-async def serve(app: Any, host: str = "127.0.0.1") -> tuple[uvicorn.Server, int]:
+async def serve(app: Any, host: str = "127.0.0.1", **config: Any) -> tuple[uvicorn.Server, int]:
     """Serve an ASGI app (an Engine, or a proxy under test) on a free loopback port in the running loop;
-    returns (server, port)."""
+    returns (server, port). `config`: more uvicorn.Config options (the data port's `http` protocol)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     sock.listen(1024)
     sock.setblocking(False)
-    server = uvicorn.Server(_config(app))
+    server = uvicorn.Server(_config(app, **config))
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():

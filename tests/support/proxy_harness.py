@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from serve_app.http_protocol import CoalescingHttpToolsProtocol
 from serve_app.inference_keys import DeploymentKey, KeyIndex
 from serve_app.openai_errors import OpenAIError
 from serve_app.proxy import InferenceProxy, ProxySettings
@@ -80,7 +81,8 @@ class ProxyHarness:
         self.routing = RoutingCache(self._never_poll)
         self.keys = KeyIndex(self._load_keys, min_gap_s=0.0)
         self.proxy = InferenceProxy(self.routing, self.keys, self._is_admin, self.settings, rate_check=self._rate_check)
-        self.server, self.port = await fast_engine.serve(self._app)
+        # served as the data port serves it: uvicorn with its one-send-per-turn protocol
+        self.server, self.port = await fast_engine.serve(self._app, http=CoalescingHttpToolsProtocol)
         self.base = f"http://127.0.0.1:{self.port}"
         self.http = httpx.AsyncClient(base_url=self.base, timeout=30, trust_env=False)
         return self
