@@ -57,7 +57,7 @@ class AppContext:
         )
         self.keys = KeyIndex(self.deployment_keys)  # inference key hash -> deployment (serve_app/inference_keys.py)
         self.tokens = TokenCache(api_token_hash, lambda: self.store)  # scoped API tokens (serve_app/auth.py)
-        self.limiter = RateLimiter(self._rate_limit_of)  # per-key requests per minute (serve_app/ratelimit.py)
+        self.limiter = RateLimiter()  # per-key requests per minute (serve_app/ratelimit.py)
         self.proxy = InferenceProxy(
             self.routing,
             self.keys,
@@ -215,20 +215,15 @@ class AppContext:
         """May this token (not a deployment's key) use every model through the proxy: an admin token."""
         return await self.admin(token)
 
-    async def _proxy_rate_check(self, deployment_id: str) -> None:
+    def _proxy_rate_check(self, grant: DeploymentKey) -> None:
         try:
-            await self.limiter.check(deployment_id)
+            self.limiter.check(grant.deployment_id, grant.rate_limit_rpm)
         except RateLimited as exc:
             raise openai_errors.rate_limited(str(exc), exc.retry_after_s) from exc
 
     def forget_key(self, deployment_id: str) -> None:
         """The deployment's key changed (rotate-key): read the keys again before the next request."""
         self.keys.invalidate()
-
-    async def _rate_limit_of(self, deployment_id: str) -> int | None:
-        assert self.store is not None
-        dep = await self.store.get_deployment(deployment_id)
-        return dep.rate_limit_rpm if dep else None
 
     async def admin(self, token: str | None) -> bool:
         """The bootstrap admin token or a token of scope admin (serve_app/auth.py)."""

@@ -53,7 +53,7 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 IsAdmin = Callable[[str, str], Awaitable[bool]]  # (token, its SHA-256 hex) -> may use every model
 Observe = Callable[[str | None, int, float, float | None], None]  # deployment, status, seconds, ttft
 Waiting = Callable[[str | None, int], None]  # deployment, +1 sent / -1 answer header arrived
-RateCheck = Callable[[str], Awaitable[None]]  # deployment id; raises an OpenAIError (429) over its limit
+RateCheck = Callable[[DeploymentKey], None]  # the key's deployment; raises an OpenAIError (429) over its limit
 
 _ADMIN = DeploymentKey("", "", "", None)  # the grant of the admin token: every replica of the model
 _JSON_CT = (b"content-type", b"application/json")
@@ -202,7 +202,7 @@ class InferenceProxy:
             model: str = req["model"]
             grant = await self._authorize(token, model)
             if self.rate_check is not None and grant is not _ADMIN:
-                await self.rate_check(grant.deployment_id)
+                self.rate_check(grant)
             if watch_client:
                 call.watch()  # before the candidates: a request held for a replica (hold.py) sees its client go
             candidates = await self._candidates(model, grant)

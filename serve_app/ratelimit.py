@@ -3,21 +3,23 @@
 A token bucket per deployment in each API replica: it holds at most `rpm` requests and refills at rpm/60
 per second, so a burst of `rpm` requests passes and then one every 60/rpm seconds. Over it: 429 with
 `Retry-After` (whole seconds until one request would pass). Each API replica counts alone, so with N
-replicas the limit is N x rpm (the default is one replica). The limits are read from PostgreSQL and kept
-for LIMIT_TTL_S; a PATCH through this replica applies at once.
+replicas the limit is N x rpm (the default is one replica). The limit comes with the request's key (the key
+index, serve_app/inference_keys.py, reloaded from PostgreSQL at least every 10 s and when the routing
+changes), so the request path reads no database; a PATCH through this replica applies at once (an override
+kept until the key index has surely read it).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from serve_app.errors import ApiError
 
-LIMIT_TTL_S = 5.0
-
-LimitLookup = Callable[[str], Awaitable[int | None]]
+# a PATCH through this replica wins over the key index's figure this long (the index reloads at least every
+# 10 s, and at once after a PATCH through this replica)
+OVERRIDE_TTL_S = 15.0
 
 
 class RateLimited(ApiError):
@@ -31,31 +33,33 @@ class RateLimited(ApiError):
 
 
 class RateLimiter:
-    def __init__(self, lookup: LimitLookup, clock: Callable[[], float] = time.monotonic) -> None:
-        self.lookup = lookup
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._limits: dict[str, tuple[int | None, float]] = {}  # deployment id -> (rpm, fetched at)
+        self._overrides: dict[str, tuple[int | None, float]] = {}  # deployment id -> (rpm, set at)
         self._buckets: dict[str, tuple[float, float]] = {}  # deployment id -> (tokens, at)
 
     def set_limit(self, deployment_id: str, rpm: int | None) -> None:
-        self._limits[deployment_id] = (rpm, self.clock())
+        """A PATCH through this replica: the new limit applies at once."""
+        self._overrides[deployment_id] = (rpm, self.clock())
         if rpm is None:
             self._buckets.pop(deployment_id, None)
 
-    async def limit_of(self, deployment_id: str) -> int | None:
-        hit = self._limits.get(deployment_id)
-        if hit is not None and self.clock() - hit[1] < LIMIT_TTL_S:
-            return hit[0]
-        rpm = await self.lookup(deployment_id)
-        self._limits[deployment_id] = (rpm, self.clock())
-        return rpm
+    def limit_of(self, deployment_id: str, indexed_rpm: int | None) -> int | None:
+        hit = self._overrides.get(deployment_id)
+        if hit is not None:
+            if self.clock() - hit[1] < OVERRIDE_TTL_S:
+                return hit[0]
+            del self._overrides[deployment_id]
+        return indexed_rpm
 
-    async def check(self, deployment_id: str | None) -> None:
-        """Take one request from the deployment's bucket; raise RateLimited when it is empty."""
+    def check(self, deployment_id: str | None, indexed_rpm: int | None) -> None:
+        """Take one request from the deployment's bucket (its limit as the key index has it, unless a PATCH
+        here changed it lately); raise RateLimited when it is empty."""
         if deployment_id is None:
             return
-        rpm = await self.limit_of(deployment_id)
+        rpm = self.limit_of(deployment_id, indexed_rpm)
         if not rpm:
+            self._buckets.pop(deployment_id, None)
             return
         now = self.clock()
         rate = rpm / 60.0

@@ -528,6 +528,7 @@ async def patch_deployment(dep_id: str, body: DeploymentPatch, request: Request)
     if "rate_limit_rpm" in body.model_fields_set:
         updated = await store.set_rate_limit(d.id, body.rate_limit_rpm)
         ctx_of(request).limiter.set_limit(d.id, body.rate_limit_rpm)
+        ctx_of(request).keys.invalidate()  # the key index carries the limit: read it again
     if "autoscaling" in body.model_fields_set:
         # set, change (merged with the current policy) or, with null, remove; the target moves into the bounds
         policy = None if body.autoscaling is None else autoscaling_api.merged_policy(body.autoscaling, d.autoscaling)

@@ -19,10 +19,11 @@ from typing import Any
 import httpx
 import uvicorn
 
+from serve_app import openai_errors
 from serve_app.http_protocol import CoalescingHttpToolsProtocol
 from serve_app.inference_keys import DeploymentKey, KeyIndex
-from serve_app.openai_errors import OpenAIError
 from serve_app.proxy import InferenceProxy, ProxySettings
+from serve_app.ratelimit import RateLimited, RateLimiter
 from serve_app.routing_cache import RoutingCache
 from tests.support import fast_engine
 
@@ -49,7 +50,8 @@ class ProxyHarness:
     settings: ProxySettings = field(default_factory=lambda: ProxySettings(read_timeout_s=30.0))
     deployments: dict[str, str] = field(default_factory=lambda: {"dep-a": "m", "dep-b": "m", "dep-o": "other"})
     upstreams: list[Upstream] = field(default_factory=list)
-    rate_limited: set[str] = field(default_factory=set)  # deployment ids whose requests get 429
+    rpm: dict[str, int] = field(default_factory=dict)  # deployment id -> rate_limit_rpm (in the key index)
+    limiter: RateLimiter = field(default_factory=RateLimiter)  # as AppContext checks it
     loads: int = 0
     key_loads_fail: bool = False
 
@@ -67,14 +69,19 @@ class ProxyHarness:
         if self.key_loads_fail:
             raise ConnectionRefusedError("database down")
         await asyncio.sleep(0)
-        return [DeploymentKey(d, m, sha(self.key(d)), self.engine_key(d)) for d, m in self.deployments.items()]
+        return [
+            DeploymentKey(d, m, sha(self.key(d)), self.engine_key(d), self.rpm.get(d))
+            for d, m in self.deployments.items()
+        ]
 
     async def _is_admin(self, token: str, digest: str) -> bool:
         return digest == sha(ADMIN)
 
-    async def _rate_check(self, dep: str) -> None:
-        if dep in self.rate_limited:
-            raise OpenAIError(429, "rate_limit_exceeded", "over the limit", None, 7)
+    def _rate_check(self, grant: DeploymentKey) -> None:
+        try:
+            self.limiter.check(grant.deployment_id, grant.rate_limit_rpm)
+        except RateLimited as exc:
+            raise openai_errors.rate_limited(str(exc), exc.retry_after_s) from exc
 
     # ------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> ProxyHarness:

@@ -12,7 +12,7 @@ import pytest
 from actors.runtime import RuntimeConfig
 from actors.secretbox import SecretBox, SecretBoxError, load_or_create_master_key
 from actors.token_store import Scope, covers
-from serve_app.ratelimit import RateLimited, RateLimiter
+from serve_app.ratelimit import OVERRIDE_TTL_S, RateLimited, RateLimiter
 from tests.unit.fakes import FakeClock
 
 
@@ -58,33 +58,32 @@ def test_scopes_are_ordered() -> None:
 
 def test_rate_limit_bucket_and_retry_after() -> None:
     clock = FakeClock(0.0)
-    limits = {"d1": 60, "d2": None}
-    lookups: list[str] = []
+    rl = RateLimiter(clock=clock)
+    for _ in range(60):  # a full bucket: a burst of rpm requests passes
+        rl.check("d1", 60)
+    with pytest.raises(RateLimited) as info:
+        rl.check("d1", 60)
+    assert info.value.retry_after_s == 1 and info.value.rpm == 60
+    clock.advance(1.0)  # 60/min refills one per second
+    rl.check("d1", 60)
+    with pytest.raises(RateLimited):
+        rl.check("d1", 60)
+    for _ in range(500):
+        rl.check("d2", None)  # no limit
+    rl.check(None, 1)  # the admin token: never limited
 
-    async def lookup(dep: str) -> int | None:
-        lookups.append(dep)
-        return limits[dep]
-
-    rl = RateLimiter(lookup, clock=clock)
-
-    async def run() -> None:
-        for _ in range(60):  # a full bucket: a burst of rpm requests passes
-            await rl.check("d1")
-        with pytest.raises(RateLimited) as info:
-            await rl.check("d1")
-        assert info.value.retry_after_s == 1
-        clock.advance(1.0)  # 60/min refills one per second
-        await rl.check("d1")
-        with pytest.raises(RateLimited):
-            await rl.check("d1")
-        for _ in range(500):
-            await rl.check("d2")  # no limit
-        await rl.check(None)
-        rl.set_limit("d1", None)  # PATCH through this replica: at once
-        await rl.check("d1")
-
-    asyncio.run(run())
-    assert lookups == ["d1", "d2"]  # cached for LIMIT_TTL_S
+    rl.set_limit("d1", None)  # PATCH through this replica: at once, whatever the key index still says
+    for _ in range(100):
+        rl.check("d1", 60)
+    rl.set_limit("d1", 2)
+    rl.check("d1", None)
+    rl.check("d1", None)
+    with pytest.raises(RateLimited) as info:
+        rl.check("d1", None)
+    assert info.value.rpm == 2 and info.value.retry_after_s == 30
+    clock.advance(OVERRIDE_TTL_S)  # by now the key index has read the PATCH: its figure counts again
+    for _ in range(200):
+        rl.check("d1", None)
 
 
 def _request(client_host: str, open_on_loopback: bool, token: str | None = None) -> Any:

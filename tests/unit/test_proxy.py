@@ -140,10 +140,17 @@ async def test_openai_shaped_errors() -> None:
         _error(r, 503, "no_healthy_endpoint", "model")
         assert r.headers["retry-after"] == "2"
         _error(await h.post(CHAT, chat(model="zero"), key=ADMIN), 503, "no_healthy_endpoint")
-        h.rate_limited.add("dep-a")
+        h.rpm["dep-a"] = 2  # the limit as the key index reads it from the deployments
+        await h.keys.reload()
+        loads = h.loads
+        for _ in range(2):
+            assert (await h.post(CHAT, chat(), key=h.key("dep-a"))).status_code == 200
         r = await h.post(CHAT, chat(), key=h.key("dep-a"))
         _error(r, 429, "rate_limit_exceeded")
-        assert r.headers["retry-after"] == "7"
+        assert r.headers["retry-after"] == "30"  # 2 per minute: one more in 30 s
+        assert (await h.post(CHAT, chat(), key=h.key("dep-b"))).status_code == 200  # its own bucket
+        assert (await h.post(CHAT, chat(), key=ADMIN)).status_code == 200  # the admin token is not limited
+        assert h.loads == loads  # no read per request: the limit came with the key
         _clean(h)
 
 

@@ -59,11 +59,12 @@ async def test_errors_raise_the_sdk_exceptions() -> None:
         with pytest.raises(openai.BadRequestError) as br:
             await client.chat.completions.create(model="", messages=msgs)  # type: ignore[arg-type]
         assert br.value.param == "model"
-        h.rate_limited.add("dep-a")
+        h.limiter.set_limit("dep-a", 1)  # a PATCH of rate_limit_rpm through this replica
+        await client.completions.create(model="m", prompt="x")
         with pytest.raises(openai.RateLimitError) as rl:
             await client.completions.create(model="m", prompt="x")
-        assert rl.value.code == "rate_limit_exceeded" and rl.value.response.headers["retry-after"] == "7"
-        h.rate_limited.clear()
+        assert rl.value.code == "rate_limit_exceeded" and rl.value.response.headers["retry-after"] == "60"
+        h.limiter.set_limit("dep-a", None)
         h.deployments["dep-z"] = "zero"
         h.keys.invalidate()
         with pytest.raises(openai.InternalServerError) as ie:
