@@ -126,17 +126,21 @@ def wrk_get(url: str, token: str, etag: str | None, seconds: float, conc: int = 
     return _run_wrk(script, url, seconds, conc)
 
 
-def _run_wrk(script: str, url: str, seconds: float, conc: int, threads: int = 2) -> dict[str, float]:
+def _run_wrk(
+    script: str, url: str, seconds: float, conc: int, threads: int = 2, timeout_s: float = 2.0
+) -> dict[str, float]:
+    """wrk's figures; a request slower than `timeout_s` counts as an error (wrk records no latency for it)."""
     exe = shutil.which("wrk")
     assert exe is not None
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
     try:
+        cmd = [exe, f"-t{threads}", f"-c{conc}", f"-d{max(1, int(seconds))}s", f"--timeout={max(1, round(timeout_s))}s"]
         out = subprocess.run(
-            [exe, f"-t{threads}", f"-c{conc}", f"-d{max(1, int(seconds))}s", "--latency", "-s", f.name, url],
+            [*cmd, "--latency", "-s", f.name, url],
             capture_output=True,
             text=True,
-            timeout=seconds + 30,
+            timeout=seconds + timeout_s + 30,
         ).stdout
     finally:
         os.unlink(f.name)
@@ -148,6 +152,8 @@ def _parse_wrk(out: str) -> dict[str, float]:
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    # connect/read/write errors and timeouts (requests slower than --timeout: not in the latency figures)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     if not (rps and p50 and p99):
         raise RuntimeError(f"could not read wrk output:\n{out}")
@@ -155,7 +161,7 @@ def _parse_wrk(out: str) -> dict[str, float]:
         "req_s": float(rps.group(1)),
         "p50_ms": float(p50.group(1)) * scale[p50.group(2)],
         "p99_ms": float(p99.group(1)) * scale[p99.group(2)],
-        "errors": int(bad.group(1)) if bad else 0,
+        "errors": (int(bad.group(1)) if bad else 0) + (sum(int(g) for g in sock.groups()) if sock else 0),
     }
 
 

@@ -53,7 +53,7 @@ def wrk_post(url: str, body: dict[str, Any], token: str | None, seconds: float, 
     hdr = f'wrk.headers["Authorization"] = "Bearer {token}"\n' if token else ""
     script = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n' + hdr
     script += f"wrk.body = {json.dumps(json.dumps(body))}\n"
-    return _run_wrk(script, url, seconds, conc, threads=1)
+    return _run_wrk(script, url, seconds, conc, threads=1, timeout_s=30.0)  # LiteLLM at c256 takes seconds
 
 
 def pyload(url: str, body: dict[str, Any], token: str | None, seconds: float, conc: int) -> dict[str, float]:
