@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -22,7 +23,32 @@ from urllib.parse import quote
 log = logging.getLogger(__name__)
 
 
+# Ports handed out for servers that bind them a moment later (embedded Redis; tests' API ports). A port the
+# kernel picks with bind(0) lies in the ephemeral range, where any outgoing connection in that moment (Ray
+# starts hundreds) may take it first; these lie above Ray's worker ports (10002-19999) and below that range.
+PICK_LOW = 20_000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now, outside the ephemeral range where the system has room for it."""
+    high = _ephemeral_low() - 1
+    rng = random.SystemRandom()
+    tries = 64 if high - PICK_LOW >= 1_000 else 0  # no room below the ephemeral range: the kernel picks
+    for _ in range(tries):
+        port = rng.randint(PICK_LOW, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
