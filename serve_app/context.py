@@ -17,7 +17,6 @@ from actors.runtime import DEPLOYMENTS, INVENTORY, RuntimeConfig, call, get_acto
 from actors.storage import Store
 from actors.token_store import Scope
 from serve_app import metrics as metrics_mod
-from serve_app import openai_errors
 from serve_app.auth import TokenCache, bearer, require_admin
 from serve_app.batcher import MicroBatcher
 from serve_app.hold import HoldQueue, HoldSettings
@@ -25,7 +24,7 @@ from serve_app.inference_keys import DeploymentKey, KeyIndex
 from serve_app.live_nodes import LiveNodes
 from serve_app.metrics import ReplicaMetrics
 from serve_app.proxy import InferenceProxy
-from serve_app.ratelimit import RateLimited, RateLimiter
+from serve_app.ratelimit import RateLimiter
 from serve_app.routing_cache import RoutingCache
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,7 @@ class AppContext:
             self._proxy_admin,
             observe=self._observe_request,
             waiting=metrics_mod.request_waiting,
-            rate_check=self._proxy_rate_check,
+            limiter=self.limiter,
         )
         # scale from zero: requests for a deployment with no routed replica wait here (serve_app/hold.py)
         hold = HoldSettings(timeout_s=cfg.hold_timeout_s, max_per_deployment=cfg.hold_queue)
@@ -214,12 +213,6 @@ class AppContext:
     async def _proxy_admin(self, token: str, digest: str) -> bool:
         """May this token (not a deployment's key) use every model through the proxy: an admin token."""
         return await self.admin(token)
-
-    def _proxy_rate_check(self, grant: DeploymentKey) -> None:
-        try:
-            self.limiter.check(grant.deployment_id, grant.rate_limit_rpm)
-        except RateLimited as exc:
-            raise openai_errors.rate_limited(str(exc), exc.retry_after_s) from exc
 
     def forget_key(self, deployment_id: str) -> None:
         """The deployment's key changed (rotate-key): read the keys again before the next request."""

@@ -38,6 +38,7 @@ from serve_app.balancer import Balancer
 from serve_app.hold import HoldQueue
 from serve_app.inference_keys import DeploymentKey, KeyIndex
 from serve_app.openai_errors import OpenAIError
+from serve_app.ratelimit import RateLimited, RateLimiter
 from serve_app.routing_cache import RoutingCache
 from serve_app.upstream import ConnectFailed, Response, Target, UpstreamClient, UpstreamLost, UpstreamTimeout, target
 
@@ -53,7 +54,6 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 IsAdmin = Callable[[str, str], Awaitable[bool]]  # (token, its SHA-256 hex) -> may use every model
 Observe = Callable[[str | None, int, float, float | None], None]  # deployment, status, seconds, ttft
 Waiting = Callable[[str | None, int], None]  # deployment, +1 sent / -1 answer header arrived
-RateCheck = Callable[[DeploymentKey], None]  # the key's deployment; raises an OpenAIError (429) over its limit
 
 _ADMIN = DeploymentKey("", "", "", None)  # the grant of the admin token: every replica of the model
 _JSON_CT = (b"content-type", b"application/json")
@@ -108,11 +108,12 @@ class InferenceProxy:
         settings: ProxySettings | None = None,
         observe: Observe | None = None,
         waiting: Waiting | None = None,
-        rate_check: RateCheck | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.routing, self.keys, self.is_admin = routing, keys, is_admin
         self.settings = settings or ProxySettings()
-        self.observe, self.waiting, self.rate_check = observe, waiting, rate_check
+        self.observe, self.waiting = observe, waiting
+        self.limiter = limiter  # the deployments' rate limits (serve_app/ratelimit.py)
         self.outstanding: dict[str, int] = {}  # node id -> requests in flight (only nodes with some)
         self.balancer = Balancer(self.outstanding)  # its `pressure` is refreshed by the context's load report
         self.hold: HoldQueue | None = None  # set by the context: requests wait there for a first replica
@@ -201,8 +202,11 @@ class InferenceProxy:
             req = _decode(raw)
             model: str = req["model"]
             grant = await self._authorize(token, model)
-            if self.rate_check is not None and grant is not _ADMIN:
-                self.rate_check(grant)
+            if self.limiter is not None and grant is not _ADMIN:
+                try:  # the limit came with the key (the key index): no lookup here
+                    self.limiter.check(grant.deployment_id, grant.rate_limit_rpm)
+                except RateLimited as exc:
+                    raise oe.rate_limited(str(exc), exc.retry_after_s) from exc
             if watch_client:
                 call.watch()  # before the candidates: a request held for a replica (hold.py) sees its client go
             candidates = await self._candidates(model, grant)

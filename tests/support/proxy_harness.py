@@ -19,11 +19,10 @@ from typing import Any
 import httpx
 import uvicorn
 
-from serve_app import openai_errors
 from serve_app.http_protocol import CoalescingHttpToolsProtocol
 from serve_app.inference_keys import DeploymentKey, KeyIndex
 from serve_app.proxy import InferenceProxy, ProxySettings
-from serve_app.ratelimit import RateLimited, RateLimiter
+from serve_app.ratelimit import RateLimiter
 from serve_app.routing_cache import RoutingCache
 from tests.support import fast_engine
 
@@ -77,17 +76,11 @@ class ProxyHarness:
     async def _is_admin(self, token: str, digest: str) -> bool:
         return digest == sha(ADMIN)
 
-    def _rate_check(self, grant: DeploymentKey) -> None:
-        try:
-            self.limiter.check(grant.deployment_id, grant.rate_limit_rpm)
-        except RateLimited as exc:
-            raise openai_errors.rate_limited(str(exc), exc.retry_after_s) from exc
-
     # ------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> ProxyHarness:
         self.routing = RoutingCache(self._never_poll)
         self.keys = KeyIndex(self._load_keys, min_gap_s=0.0)
-        self.proxy = InferenceProxy(self.routing, self.keys, self._is_admin, self.settings, rate_check=self._rate_check)
+        self.proxy = InferenceProxy(self.routing, self.keys, self._is_admin, self.settings, limiter=self.limiter)
         # served as the data port serves it: uvicorn with its one-send-per-turn protocol
         self.server, self.port = await fast_engine.serve(self._app, http=CoalescingHttpToolsProtocol)
         self.base = f"http://127.0.0.1:{self.port}"
